@@ -1,0 +1,1 @@
+"""Loupe indexer: scan a photo collection, decode, embed and catalog it."""

@@ -1,0 +1,510 @@
+"""The catalog: one row per photo file, its embedding, and the provenance of the whole index.
+
+The catalog is the source of truth. Every embedding lives here, so the FAISS files are derived data that
+:mod:`indexer.vector_index` can always rebuild. Work is committed in batches, each in one transaction
+that also bumps the catalog ``revision``; the FAISS files record the revision they reflect, so a reader
+can tell at once whether they are current.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from indexer.errors import CatalogError, ProvenanceMismatchError
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+STATUS_INDEXED = "indexed"
+STATUS_FAILED = "failed"
+
+Embeddings = npt.NDArray[np.float32]
+Ids = npt.NDArray[np.int64]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ImageRecord(Base):
+    """One photo file. ``id`` is also its FAISS vector id."""
+
+    __tablename__ = "images"
+    # AUTOINCREMENT: SQLite never hands a deleted id to a new file, so an id seen once (in a link, a
+    # CSV export, a FAISS file) never comes to mean another photo.
+    __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012 - SQLAlchemy reads it once
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    width: Mapped[int | None]
+    height: Mapped[int | None]
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    error_reason: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Catalog revision at which ``embedding`` was last written: the FAISS sync re-adds newer ones.
+    vector_revision: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class ProvenanceRecord(Base):
+    """How every vector in this catalog was made. One row."""
+
+    __tablename__ = "provenance"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    catalog_id: Mapped[str] = mapped_column(String(36))
+    schema_version: Mapped[int]
+    model: Mapped[str] = mapped_column(String(200))
+    weights_kind: Mapped[str] = mapped_column(String(16))
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    weights_source: Mapped[str] = mapped_column(Text)
+    image_size: Mapped[int]
+    dim: Mapped[int]
+    preprocessing: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+
+
+class CatalogState(Base):
+    """The revision counter, bumped by every committed batch. One row."""
+
+    __tablename__ = "catalog_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    revision: Mapped[int] = mapped_column(BigInteger)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What must be equal for two vectors to be comparable."""
+
+    model: str
+    weights_kind: str
+    weights_sha256: str
+    weights_source: str
+    image_size: int
+    dim: int
+    preprocessing: str
+    schema_version: int = SCHEMA_VERSION
+    catalog_id: str = ""
+
+    def differences(self, other: Provenance) -> list[str]:
+        """Human-readable list of the settings that differ (the source path may differ freely)."""
+        problems = []
+        for name in ("model", "weights_kind", "weights_sha256", "image_size", "dim", "preprocessing", "schema_version"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine != theirs:
+                problems.append(f"{name}: index has {mine!r}, this run has {theirs!r}")
+        return problems
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What the catalog knows of a path, enough to decide whether it must be read again."""
+
+    id: int
+    size_bytes: int
+    mtime_ns: int
+    status: str
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class IndexedFile:
+    """A file that was embedded (or whose content's embedding was reused)."""
+
+    path: str
+    size_bytes: int
+    mtime_ns: int
+    sha256: str
+    width: int
+    height: int
+    embedding: Embeddings
+
+
+@dataclass(frozen=True)
+class FailedFile:
+    """A file that could not be indexed, and why."""
+
+    path: str
+    size_bytes: int
+    mtime_ns: int
+    sha256: str | None
+    reason: str
+    message: str
+
+
+FileOutcome = IndexedFile | FailedFile
+
+
+@dataclass(frozen=True)
+class KnownContent:
+    """An indexed file whose content (sha256) matched: its embedding can be reused."""
+
+    id: int
+    path: str
+    width: int
+    height: int
+    embedding: Embeddings
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets searches read the last committed state while a build writes; NORMAL sync in WAL mode keeps
+    # every committed transaction through a process kill (only an OS crash may lose the last few).
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def vector_to_bytes(vector: Embeddings) -> bytes:
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def bytes_to_vector(data: bytes, dim: int) -> Embeddings:
+    vector = np.frombuffer(data, dtype="<f4")
+    if vector.shape[0] != dim:
+        raise CatalogError(f"stored embedding has {vector.shape[0]} values, expected {dim}")
+    return vector.astype(np.float32)
+
+
+class Catalog:
+    """Access to one catalog database. Open with :meth:`open`; thread-safe (a session per call)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, url: str, *, create: bool = True) -> Catalog:
+        """Open the catalog at a SQLAlchemy URL, creating it when ``create`` (else a missing SQLite file
+        is a :class:`CatalogError`, so ``status`` never leaves an empty database behind)."""
+        try:
+            parsed = make_url(url)
+        except (SQLAlchemyError, ValueError) as error:
+            raise CatalogError(f"not a database URL: {url!r}") from error
+        if parsed.get_backend_name() == "sqlite" and not create:
+            database = parsed.database or ""
+            if database in ("", ":memory:") or not Path(database).exists():
+                raise CatalogError(
+                    f"no catalog at {database or url}: build an index first (python -m indexer build PHOTOS)"
+                )
+        try:
+            engine = create_engine(url)
+            if engine.dialect.name == "sqlite":
+                event.listen(engine, "connect", _sqlite_pragmas)
+            Base.metadata.create_all(engine)
+        except SQLAlchemyError as error:
+            raise CatalogError(f"cannot open catalog {redact_url(url)}: {error}") from error
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def session(self) -> Session:
+        return self._sessions()
+
+    # Provenance ----------------------------------------------------------------------------------
+
+    def provenance(self) -> Provenance | None:
+        with self.session() as session:
+            row = session.get(ProvenanceRecord, 1)
+            if row is None:
+                return None
+            return Provenance(
+                model=row.model,
+                weights_kind=row.weights_kind,
+                weights_sha256=row.weights_sha256,
+                weights_source=row.weights_source,
+                image_size=row.image_size,
+                dim=row.dim,
+                preprocessing=row.preprocessing,
+                schema_version=row.schema_version,
+                catalog_id=row.catalog_id,
+            )
+
+    def ensure_provenance(self, wanted: Provenance) -> Provenance:
+        """Record ``wanted`` in a new catalog, or check an existing catalog was built the same way.
+
+        Vectors from another model, other weights or another image size live in another space: adding
+        them would make every search silently wrong, so a mismatch is refused (rclip's db.py does the
+        same for its model name).
+        """
+        existing = self.provenance()
+        if existing is not None:
+            problems = existing.differences(wanted)
+            if problems:
+                raise ProvenanceMismatchError(
+                    "this catalog was built differently; refusing to mix vectors:\n  "
+                    + "\n  ".join(problems)
+                    + "\nUse another --data-dir (or --db-url) for a new index, or rerun with the catalog's settings."
+                )
+            return existing
+        with self.session() as session, session.begin():
+            record = ProvenanceRecord(
+                id=1,
+                catalog_id=str(uuid.uuid4()),
+                schema_version=SCHEMA_VERSION,
+                model=wanted.model,
+                weights_kind=wanted.weights_kind,
+                weights_sha256=wanted.weights_sha256,
+                weights_source=wanted.weights_source,
+                image_size=wanted.image_size,
+                dim=wanted.dim,
+                preprocessing=wanted.preprocessing,
+                created_at=_now(),
+            )
+            session.add(record)
+            session.add(CatalogState(id=1, revision=0))
+        created = self.provenance()
+        if created is None:  # pragma: no cover - the row was just committed
+            raise CatalogError("provenance row vanished right after it was written")
+        return created
+
+    # Reads ---------------------------------------------------------------------------------------
+
+    def revision(self) -> int:
+        with self.session() as session:
+            value = session.scalar(select(CatalogState.revision).where(CatalogState.id == 1))
+            return int(value or 0)
+
+    def file_states(self) -> dict[str, FileState]:
+        """Every row's change-detection facts, keyed by path."""
+        query = select(
+            ImageRecord.path,
+            ImageRecord.id,
+            ImageRecord.size_bytes,
+            ImageRecord.mtime_ns,
+            ImageRecord.status,
+            ImageRecord.sha256,
+        )
+        with self.session() as session:
+            return {
+                path: FileState(id=id_, size_bytes=size, mtime_ns=mtime, status=status, sha256=sha)
+                for path, id_, size, mtime, status, sha in session.execute(query)
+            }
+
+    def indexed_hashes(self) -> set[str]:
+        query = select(ImageRecord.sha256).where(ImageRecord.status == STATUS_INDEXED).distinct()
+        with self.session() as session:
+            return {sha for sha in session.scalars(query) if sha is not None}
+
+    def known_content(self, sha256: str, dim: int) -> KnownContent | None:
+        """An indexed row with this content hash, whose embedding can be reused."""
+        query = (
+            select(ImageRecord)
+            .where(ImageRecord.sha256 == sha256, ImageRecord.status == STATUS_INDEXED)
+            .order_by(ImageRecord.id)
+            .limit(1)
+        )
+        with self.session() as session:
+            row = session.scalars(query).first()
+            if row is None or row.embedding is None or row.width is None or row.height is None:
+                return None
+            return KnownContent(
+                id=row.id,
+                path=row.path,
+                width=row.width,
+                height=row.height,
+                embedding=bytes_to_vector(row.embedding, dim),
+            )
+
+    def counts(self) -> dict[str, int]:
+        query = select(ImageRecord.status, func.count()).group_by(ImageRecord.status)
+        with self.session() as session:
+            by_status = {status: int(count) for status, count in session.execute(query)}
+        return {
+            "images": sum(by_status.values()),
+            STATUS_INDEXED: by_status.get(STATUS_INDEXED, 0),
+            STATUS_FAILED: by_status.get(STATUS_FAILED, 0),
+        }
+
+    def failures_by_reason(self) -> dict[str, int]:
+        query = (
+            select(ImageRecord.error_reason, func.count())
+            .where(ImageRecord.status == STATUS_FAILED)
+            .group_by(ImageRecord.error_reason)
+        )
+        with self.session() as session:
+            return {str(reason): int(count) for reason, count in session.execute(query)}
+
+    def failures(self, limit: int | None = None) -> list[tuple[str, str, str]]:
+        """``(path, reason, message)`` of failed files, by path."""
+        query = (
+            select(ImageRecord.path, ImageRecord.error_reason, ImageRecord.error)
+            .where(ImageRecord.status == STATUS_FAILED)
+            .order_by(ImageRecord.path)
+            .limit(limit)
+        )
+        with self.session() as session:
+            return [(path, str(reason), str(message)) for path, reason, message in session.execute(query)]
+
+    def indexed_ids(self) -> tuple[Ids, npt.NDArray[np.int64]]:
+        """Ids of indexed rows (sorted) and the revision at which each one's vector was written."""
+        query = (
+            select(ImageRecord.id, ImageRecord.vector_revision)
+            .where(ImageRecord.status == STATUS_INDEXED)
+            .order_by(ImageRecord.id)
+        )
+        with self.session() as session:
+            rows = session.execute(query).all()
+        ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+        revisions = np.fromiter((row[1] or 0 for row in rows), dtype=np.int64, count=len(rows))
+        return ids, revisions
+
+    def embeddings_for(
+        self, ids: Sequence[int] | Ids, dim: int, chunk: int = 2_000
+    ) -> Iterator[tuple[Ids, Embeddings]]:
+        """Yield ``(ids, vectors)`` chunks for the given indexed ids, in the order given."""
+        wanted = [int(i) for i in ids]
+        for start in range(0, len(wanted), chunk):
+            part = wanted[start : start + chunk]
+            query = select(ImageRecord.id, ImageRecord.embedding).where(
+                ImageRecord.id.in_(part), ImageRecord.status == STATUS_INDEXED
+            )
+            with self.session() as session:
+                found = {id_: data for id_, data in session.execute(query) if data is not None}
+            missing = [i for i in part if i not in found]
+            if missing:
+                raise CatalogError(f"{len(missing)} indexed rows have no stored embedding (first: id {missing[0]})")
+            vectors = np.stack([bytes_to_vector(found[i], dim) for i in part])
+            yield np.asarray(part, dtype=np.int64), vectors
+
+    def iter_embeddings(self, dim: int, chunk: int = 2_000) -> Iterator[tuple[Ids, Embeddings]]:
+        """Every indexed row's embedding, by id, in chunks (keyset pagination: flat memory)."""
+        last = 0
+        while True:
+            query = (
+                select(ImageRecord.id, ImageRecord.embedding)
+                .where(ImageRecord.status == STATUS_INDEXED, ImageRecord.id > last)
+                .order_by(ImageRecord.id)
+                .limit(chunk)
+            )
+            with self.session() as session:
+                rows = session.execute(query).all()
+            if not rows:
+                return
+            vectors: list[Embeddings] = []
+            for id_, data in rows:
+                if data is None:
+                    raise CatalogError(f"indexed row {id_} has no stored embedding")
+                vectors.append(bytes_to_vector(data, dim))
+            yield np.asarray([row[0] for row in rows], dtype=np.int64), np.stack(vectors)
+            last = int(rows[-1][0])
+
+    def path_of(self, ids: Iterable[int]) -> dict[int, str]:
+        wanted = [int(i) for i in ids]
+        with self.session() as session:
+            return {
+                id_: path
+                for id_, path in session.execute(
+                    select(ImageRecord.id, ImageRecord.path).where(ImageRecord.id.in_(wanted))
+                )
+            }
+
+    # Writes --------------------------------------------------------------------------------------
+
+    def commit_outcomes(self, outcomes: Sequence[FileOutcome]) -> int:
+        """Insert or update one row per outcome (keyed by path) in one transaction; return the new revision."""
+        now = _now()
+        with self.session() as session, session.begin():
+            state = session.get(CatalogState, 1, with_for_update=True)
+            if state is None:
+                raise CatalogError("catalog has no provenance yet: call ensure_provenance first")
+            state.revision += 1
+            revision = state.revision
+            paths = [outcome.path for outcome in outcomes]
+            existing = {
+                row.path: row for row in session.scalars(select(ImageRecord).where(ImageRecord.path.in_(paths)))
+            }
+            for outcome in outcomes:
+                row = existing.get(outcome.path)
+                if row is None:
+                    row = ImageRecord(path=outcome.path, created_at=now)
+                    session.add(row)
+                    existing[outcome.path] = row
+                row.size_bytes = outcome.size_bytes
+                row.mtime_ns = outcome.mtime_ns
+                row.sha256 = outcome.sha256
+                row.updated_at = now
+                if isinstance(outcome, IndexedFile):
+                    row.status = STATUS_INDEXED
+                    row.width, row.height = outcome.width, outcome.height
+                    row.error_reason = row.error = None
+                    row.embedding = vector_to_bytes(outcome.embedding)
+                    row.vector_revision = revision
+                else:
+                    row.status = STATUS_FAILED
+                    row.width = row.height = None
+                    row.error_reason, row.error = outcome.reason, outcome.message
+                    row.embedding = None
+                    row.vector_revision = None
+        return revision
+
+    def touch(self, path: str, size_bytes: int, mtime_ns: int) -> None:
+        """Record a new size/mtime for a file whose content did not change (its vector stays)."""
+        with self.session() as session, session.begin():
+            session.execute(
+                update(ImageRecord)
+                .where(ImageRecord.path == path)
+                .values(size_bytes=size_bytes, mtime_ns=mtime_ns, updated_at=_now())
+            )
+
+    def remove_paths(self, paths: Sequence[str]) -> int:
+        """Delete the rows of files that are gone; return how many. Bumps the revision."""
+        if not paths:
+            return 0
+        removed = 0
+        with self.session() as session, session.begin():
+            state = session.get(CatalogState, 1, with_for_update=True)
+            if state is None:
+                raise CatalogError("catalog has no provenance yet")
+            for start in range(0, len(paths), 500):
+                part = list(paths[start : start + 500])
+                result = session.execute(delete(ImageRecord).where(ImageRecord.path.in_(part)))
+                removed += int(result.rowcount or 0)  # type: ignore[attr-defined]
+            state.revision += 1
+        return removed
+
+
+def redact_url(url: str) -> str:
+    """A database URL without its password, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (SQLAlchemyError, ValueError):
+        return "<unparseable url>"

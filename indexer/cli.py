@@ -1,0 +1,235 @@
+"""``python -m indexer``: build, status, verify, reindex.
+
+Each subcommand has its own parser setup and ``main``. Library errors become a one-line message and
+exit code 2; ``verify`` exits 1 when it finds problems; Ctrl-C exits 130 with the work committed so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from indexer.config import LoupeConfig, load_config, with_overrides
+from indexer.errors import LoupeError
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_PROBLEMS = 1
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from error
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from error
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def _image_size(text: str) -> int:
+    value = _positive_int(text)
+    if value % 16 != 0 or value < 32:
+        raise argparse.ArgumentTypeError(f"image size must be a multiple of 16 and at least 32, got {value}")
+    return value
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("collection")
+    group.add_argument("--config", type=Path, help="config file (default: ./config.yaml when present)")
+    group.add_argument("--data-dir", type=Path, help="folder of the catalog and index files (config: data_dir)")
+    group.add_argument("--db-url", help="SQLAlchemy URL of the catalog (default: SQLite in the data dir)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+
+
+def _resolve_config(args: argparse.Namespace, overrides: dict[str, Any]) -> LoupeConfig:
+    config = load_config(args.config)
+    return with_overrides(config, {"data_dir": args.data_dir, "db_url": args.db_url, **overrides})
+
+
+# build -------------------------------------------------------------------------------------------
+
+
+def setup_build(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="folders (or files) of photos")
+    _add_common(parser)
+    model = parser.add_argument_group("model")
+    model.add_argument("--weights", help="pretrained (default), random, or the path of a birder .pt file")
+    model.add_argument("--image-size", type=_image_size, help="model input size in pixels (default 512)")
+    model.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    model.add_argument("--batch-size", type=_positive_int, help="images per forward pass and per commit")
+    model.add_argument("--workers", type=_non_negative_int, help="decode worker processes (0 = in-process)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when any file failed")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def main_build(args: argparse.Namespace) -> int:
+    from indexer.pipeline import run_build
+    from indexer.summary import build_summary_lines, summary_to_dict
+
+    config = _resolve_config(
+        args,
+        {
+            "model.weights": str(args.weights) if args.weights is not None else None,
+            "model.image_size": args.image_size,
+            "runtime.device": args.device,
+            "runtime.batch_size": args.batch_size,
+            "runtime.workers": args.workers,
+        },
+    )
+    summary = run_build(config, args.paths, show_progress=not (args.no_progress or args.json))
+    if args.json:
+        print(json.dumps(summary_to_dict(summary), indent=2))
+    else:
+        for line in build_summary_lines(summary):
+            print(line)
+    return EXIT_PROBLEMS if args.strict and summary.failed else EXIT_OK
+
+
+# status ------------------------------------------------------------------------------------------
+
+
+def setup_status(parser: argparse.ArgumentParser) -> None:
+    _add_common(parser)
+    parser.add_argument("--json", action="store_true", help="print the status as JSON")
+    parser.add_argument("--failures", action="store_true", help="also list every failed file and why")
+
+
+def main_status(args: argparse.Namespace) -> int:
+    from indexer.report import collection_status
+    from indexer.summary import status_lines
+
+    config = _resolve_config(args, {})
+    status = collection_status(config, with_failures=args.failures)
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        for line in status_lines(status):
+            print(line)
+    return EXIT_OK
+
+
+# verify ------------------------------------------------------------------------------------------
+
+
+def setup_verify(parser: argparse.ArgumentParser) -> None:
+    _add_common(parser)
+
+
+def main_verify(args: argparse.Namespace) -> int:
+    from indexer.report import verify_collection
+
+    config = _resolve_config(args, {})
+    result = verify_collection(config)
+    if result.problems:
+        print(f"verify: {len(result.problems)} problem(s) in {config.data_dir}:")
+        for problem in result.problems:
+            print(f"  - {problem}")
+        print("`python -m indexer reindex` rebuilds the index files from the catalog.")
+        return EXIT_PROBLEMS
+    print(f"verify: OK ({result.checked_rows} catalog rows, {result.checked_vectors} vectors agree)")
+    return EXIT_OK
+
+
+# reindex -----------------------------------------------------------------------------------------
+
+
+def setup_reindex(parser: argparse.ArgumentParser) -> None:
+    _add_common(parser)
+
+
+def main_reindex(args: argparse.Namespace) -> int:
+    from indexer.catalog import Catalog
+    from indexer.vector_index import rebuild_index
+
+    config = _resolve_config(args, {})
+    catalog = Catalog.open(config.resolved_db_url, create=False)
+    try:
+        report = rebuild_index(catalog, config.data_dir, config.index)
+    finally:
+        catalog.close()
+    print(f"reindex: wrote {report.spec.factory_string} with {report.ntotal} vectors")
+    return EXIT_OK
+
+
+# wiring ------------------------------------------------------------------------------------------
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
+    "build": ("index the photos under one or more folders (incremental)", setup_build, main_build),
+    "status": ("what the collection holds", setup_status, main_status),
+    "verify": ("check that catalog and index files agree (exit 1 if not)", setup_verify, main_verify),
+    "reindex": ("rebuild the FAISS files from the catalog", setup_reindex, main_reindex),
+}
+
+EPILOG = """examples:
+  python -m indexer build ~/Pictures/archive
+  python -m indexer build photos/ --weights random --image-size 128   # offline test run
+  python -m indexer status --json
+  python -m indexer verify
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m indexer",
+        description="Loupe indexer: embed photos with PE-Spatial ViT-S/16 into a FAISS index and a SQL catalog.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, setup, handler) in COMMANDS.items():
+        sub = subparsers.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        setup(sub)
+        sub.set_defaults(handler=handler)
+    return parser
+
+
+def configure_logging(verbose: bool) -> None:
+    """Handlers are set here, in the entry point, and nowhere in library code."""
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # torch warns at import that a CUDA build found no CUDA runtime: expected on CPU machines.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    # birder configures its own logger at import; LOG_LEVEL is the knob it reads.
+    os.environ.setdefault("LOG_LEVEL", "INFO" if verbose else "WARNING")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    try:
+        code: int = args.handler(args)
+        return code
+    except LoupeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted: every finished batch is committed; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,245 @@
+"""Loupe's settings: one frozen dataclass tree, loaded from ``config.yaml``, overridden by CLI flags.
+
+Every field is documented in ``config.yaml`` at the project root. Loading is strict: an unknown key, a
+value of the wrong type or a value out of range raises :class:`ConfigError` naming the dotted key, so a
+typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from indexer.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = Path("config.yaml")
+
+Check = Callable[[Any], str | None]
+
+
+def _at_least(minimum: float) -> Check:
+    def check(value: Any) -> str | None:
+        return None if value >= minimum else f"must be >= {minimum}"
+
+    return check
+
+
+def _image_size(value: Any) -> str | None:
+    if value < 32 or value % 16 != 0:
+        return "must be a multiple of 16 (the model's patch size) and at least 32"
+    return None
+
+
+def _device(value: Any) -> str | None:
+    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", value) is None:
+        return "must be 'auto', 'cpu', 'cuda' or 'cuda:N'"
+    return None
+
+
+def _weights(value: Any) -> str | None:
+    if value == "":
+        return "must be 'pretrained', 'random' or the path of a .pt file"
+    return None
+
+
+def _checked(default: Any, check: Check) -> Any:
+    return field(default=default, metadata={"check": check})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network embeds the photos, and with which weights."""
+
+    network: str = "rope_i_vit_reg1_s16_pn_npn_avg_c1"
+    tag: str = "pe-spatial"
+    weights: str = _checked("pretrained", _weights)
+    models_dir: Path = Path("models")
+    image_size: int = _checked(512, _image_size)
+    random_seed: int = 0
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how fast the model runs."""
+
+    device: str = _checked("auto", _device)
+    batch_size: int = _checked(16, _at_least(1))
+    workers: int = _checked(2, _at_least(0))
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Limits that protect the indexer from hostile or broken files."""
+
+    max_pixels: int = _checked(178_956_970, _at_least(1))
+    max_file_bytes: int = _checked(1 << 30, _at_least(1))
+    follow_symlinks: bool = True
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """How the FAISS index is shaped from the collection size."""
+
+    exact_below: int = _checked(5_000, _at_least(0))
+    compress_above: int = _checked(2_000_000, _at_least(1))
+    lists_per_sqrt: float = _checked(4.0, _at_least(0.1))
+    min_points_per_list: int = _checked(39, _at_least(1))
+    pq_bytes: int = _checked(48, _at_least(1))
+    nprobe: int = _checked(32, _at_least(1))
+    retrain_growth: float = _checked(2.0, _at_least(1.1))
+    max_train_points: int = _checked(200_000, _at_least(1))
+    use_gpu: bool = True
+
+
+@dataclass(frozen=True)
+class LoupeConfig:
+    """The whole configuration. ``db_url`` None means SQLite at ``<data_dir>/catalog.sqlite``."""
+
+    data_dir: Path = Path("loupe-data")
+    db_url: str | None = None
+    model: ModelConfig = ModelConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    decode: DecodeConfig = DecodeConfig()
+    index: IndexConfig = IndexConfig()
+
+    @property
+    def resolved_db_url(self) -> str:
+        """The SQLAlchemy URL of the catalog."""
+        if self.db_url is not None:
+            return self.db_url
+        return f"sqlite:///{(self.data_dir / 'catalog.sqlite').resolve()}"
+
+
+T = TypeVar("T")
+
+
+def _coerce(annotation: Any, value: Any, key: str) -> Any:
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        options = get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        inner = [option for option in options if option is not type(None)]
+        return _coerce(inner[0], value, key)
+    if dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping of settings, got {value!r}")
+        return _from_mapping(annotation, value, f"{key}.")
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if annotation is Path:
+        if not isinstance(value, str | Path) or str(value) == "":
+            raise ConfigError(f"{key}: expected a path, got {value!r}")
+        return Path(value).expanduser()
+    raise ConfigError(f"{key}: unsupported setting type {annotation!r}")  # pragma: no cover
+
+
+def _from_mapping(cls: type[T], data: Mapping[str, Any], prefix: str) -> T:
+    known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"unknown setting {prefix}{key} (known: {', '.join(sorted(known))})")
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for name, spec in known.items():
+        if name not in data:
+            continue
+        value = _coerce(hints[name], data[name], f"{prefix}{name}")
+        check: Check | None = spec.metadata.get("check")
+        if check is not None and value is not None:
+            problem = check(value)
+            if problem is not None:
+                raise ConfigError(f"{prefix}{name}: {value!r} {problem}")
+        values[name] = value
+    return cls(**values)
+
+
+def config_from_mapping(data: Mapping[str, Any]) -> LoupeConfig:
+    """Build a validated config from a parsed YAML mapping (missing keys take their defaults)."""
+    return _from_mapping(LoupeConfig, data, "")
+
+
+def load_config(path: Path | None = None) -> LoupeConfig:
+    """Load ``path``, or ``config.yaml`` in the working directory, or the defaults when neither exists.
+
+    An explicitly named file that does not exist is an error.
+    """
+    if path is None:
+        if not DEFAULT_CONFIG_FILE.exists():
+            return LoupeConfig()
+        path = DEFAULT_CONFIG_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror or error}") from error
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from error
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: the top level must be a mapping of settings")
+    try:
+        return config_from_mapping(data)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from error
+
+
+def with_overrides(config: LoupeConfig, overrides: Mapping[str, Any]) -> LoupeConfig:
+    """Return ``config`` with dotted keys (``"runtime.batch_size"``) replaced, validated like the file."""
+    data = config_to_mapping(config)
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                raise ConfigError(f"unknown setting {dotted}")
+            node = child
+        if leaf not in node:
+            raise ConfigError(f"unknown setting {dotted}")
+        node[leaf] = str(value) if isinstance(value, Path) else value
+    return config_from_mapping(data)
+
+
+def config_to_mapping(config: LoupeConfig) -> dict[str, Any]:
+    """Plain YAML-ready data (paths as strings) for saving the resolved config beside the index."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        return value
+
+    result: dict[str, Any] = plain(dataclasses.asdict(config))
+    return result
+
+
+def dump_config(config: LoupeConfig) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(config_to_mapping(config), sort_keys=False)

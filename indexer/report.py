@@ -1,0 +1,104 @@
+"""``indexer status`` and ``indexer verify``: what the collection holds, and whether its parts agree."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from indexer.catalog import STATUS_INDEXED, Catalog, redact_url
+from indexer.config import LoupeConfig
+from indexer.errors import CatalogError, IndexFileError
+from indexer.vector_index import check_index, index_dir, read_meta
+
+logger = logging.getLogger(__name__)
+
+RANDOM_WEIGHTS_WARNING = "built with RANDOM weights: similarity results are not semantic (tests and benchmarks only)"
+
+
+def collection_status(config: LoupeConfig, *, with_failures: bool = False) -> dict[str, Any]:
+    """The collection at a glance, as plain data (the ``status --json`` document); ``with_failures``
+    adds every failed file with its reason and message."""
+    catalog = Catalog.open(config.resolved_db_url, create=False)
+    try:
+        provenance = catalog.provenance()
+        if provenance is None:
+            raise CatalogError(f"the catalog at {redact_url(config.resolved_db_url)} is empty: build an index first")
+        counts = catalog.counts()
+        revision = catalog.revision()
+        failures = catalog.failures_by_reason()
+        failed_files = catalog.failures() if with_failures else []
+    finally:
+        catalog.close()
+    try:
+        meta = read_meta(index_dir(config.data_dir))
+    except IndexFileError as error:
+        logger.warning("%s", error)
+        meta = None
+    status: dict[str, Any] = {
+        "data_dir": str(config.data_dir.resolve()),
+        "catalog": redact_url(config.resolved_db_url),
+        "images": counts["images"],
+        "indexed": counts[STATUS_INDEXED],
+        "failed": counts["failed"],
+        "failures_by_reason": failures,
+        "vectors": meta.ntotal if meta is not None else 0,
+        "model": provenance.model,
+        "weights": provenance.weights_kind,
+        "weights_sha256": provenance.weights_sha256,
+        "weights_source": provenance.weights_source,
+        "random_weights": provenance.weights_kind == "random",
+        "image_size": provenance.image_size,
+        "dim": provenance.dim,
+        "index_type": meta.spec.factory_string if meta is not None else None,
+        "nlist": meta.nlist if meta is not None else 0,
+        "nprobe": meta.nprobe if meta is not None else 0,
+        "catalog_revision": revision,
+        "index_revision": meta.revision if meta is not None else None,
+        "index_current": meta is not None and meta.revision == revision,
+        "index_written_at": meta.written_at if meta is not None else None,
+    }
+    if with_failures:
+        status["failures"] = [
+            {"path": path, "reason": reason, "message": message} for path, reason, message in failed_files
+        ]
+    if status["random_weights"]:
+        status["warning"] = RANDOM_WEIGHTS_WARNING
+    return status
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    problems: list[str]
+    checked_rows: int
+    checked_vectors: int
+
+
+def _check_rows(catalog: Catalog, dim: int) -> list[str]:
+    problems: list[str] = []
+    for ids, vectors in catalog.iter_embeddings(dim):
+        norms = np.linalg.norm(vectors, axis=1)
+        bad = ids[np.abs(norms - 1.0) > 1e-3]
+        if len(bad):
+            problems.append(f"{len(bad)} stored embeddings are not unit length (first id: {int(bad[0])})")
+    return problems
+
+
+def verify_collection(config: LoupeConfig) -> VerifyResult:
+    """Check the catalog rows and that the FAISS files hold exactly the catalog's vectors."""
+    catalog = Catalog.open(config.resolved_db_url, create=False)
+    try:
+        provenance = catalog.provenance()
+        if provenance is None:
+            return VerifyResult(["the catalog has no provenance: no index was ever built here"], 0, 0)
+        try:
+            problems = _check_rows(catalog, provenance.dim)
+        except CatalogError as error:
+            problems = [str(error)]
+        problems.extend(check_index(catalog, config.data_dir))
+        counts = catalog.counts()
+    finally:
+        catalog.close()
+    return VerifyResult(problems=problems, checked_rows=counts["images"], checked_vectors=counts[STATUS_INDEXED])

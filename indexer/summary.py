@@ -1,0 +1,89 @@
+"""Human-readable and JSON renderings of a build summary and of the collection status."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from indexer.report import RANDOM_WEIGHTS_WARNING
+
+if TYPE_CHECKING:  # status and verify must not pay for importing torch
+    from indexer.pipeline import BuildSummary
+
+
+def summary_to_dict(summary: BuildSummary) -> dict[str, Any]:
+    """The ``build --json`` document."""
+    index = summary.index
+    data: dict[str, Any] = {
+        "scanned": summary.scanned,
+        "unchanged": summary.unchanged,
+        "new": summary.new,
+        "changed": summary.changed,
+        "moved": summary.moved,
+        "copied": summary.copied,
+        "touched": summary.touched,
+        "removed": summary.removed,
+        "failed": summary.failed,
+        "failures_by_reason": summary.failures_by_reason,
+        "embedded": summary.embedded,
+        "model_batches": summary.model_batches,
+        "elapsed_s": round(summary.elapsed_s, 3),
+        "processing_s": round(summary.processing_s, 3),
+        "images_per_s": round(summary.images_per_s, 3),
+        "weights": summary.weights_kind,
+        "image_size": summary.image_size,
+        "index": None
+        if index is None
+        else {
+            "type": index.spec.factory_string,
+            "vectors": index.ntotal,
+            "added": index.added,
+            "removed": index.removed,
+            "rebuilt": index.rebuilt,
+        },
+    }
+    if summary.weights_kind == "random":
+        data["warning"] = RANDOM_WEIGHTS_WARNING
+    return data
+
+
+def build_summary_lines(summary: BuildSummary) -> list[str]:
+    """The closing summary of ``indexer build``."""
+    lines = [
+        f"scanned {summary.scanned} files in {summary.elapsed_s:.1f} s "
+        f"({summary.processed} processed at {summary.images_per_s:.2f} images/s, {summary.embedded} through the model)",
+        f"  new {summary.new}  changed {summary.changed}  moved {summary.moved}  copied {summary.copied}  "
+        f"touched {summary.touched}  removed {summary.removed}  unchanged {summary.unchanged}  failed {summary.failed}",
+    ]
+    if summary.failures_by_reason:
+        reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(summary.failures_by_reason.items()))
+        lines.append(f"  failures by reason: {reasons} (python -m indexer status --failures lists them)")
+    if summary.index is not None:
+        index = summary.index
+        action = "rebuilt" if index.rebuilt else ("updated" if index.wrote else "unchanged")
+        lines.append(f"  index {index.spec.factory_string}: {index.ntotal} vectors ({action})")
+    if summary.weights_kind == "random":
+        lines.append(f"WARNING: {RANDOM_WEIGHTS_WARNING}")
+    return lines
+
+
+def status_lines(status: dict[str, Any]) -> list[str]:
+    """``indexer status`` for people."""
+    lines = [
+        f"data dir     {status['data_dir']}",
+        f"catalog      {status['catalog']}",
+        f"images       {status['images']} ({status['indexed']} indexed, {status['failed']} failed)",
+        f"vectors      {status['vectors']} in {status['index_type'] or 'no index yet'}"
+        + (f" (nlist {status['nlist']}, nprobe {status['nprobe']})" if status["nlist"] else ""),
+        f"model        {status['model']} at {status['image_size']} px, {status['dim']}-d",
+        f"weights      {status['weights']} (sha256 {status['weights_sha256'][:16]}...)",
+        f"index state  {'current' if status['index_current'] else 'BEHIND the catalog: run python -m indexer reindex'}"
+        f" (catalog revision {status['catalog_revision']})",
+    ]
+    if status["failures_by_reason"]:
+        reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(status["failures_by_reason"].items()))
+        lines.append(f"failures     {reasons}")
+    for failure in status.get("failures", []):
+        lines.append(f"  {failure['path']}: {failure['message']}")
+    if status["random_weights"]:
+        lines.append(f"WARNING: {RANDOM_WEIGHTS_WARNING}")
+    return lines

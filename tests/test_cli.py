@@ -1,0 +1,167 @@
+"""The indexer CLI end to end, in subprocesses, on real photos with random weights at a small size."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import TEST_IMAGE_SIZE
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["--weights", "random", "--image-size", str(TEST_IMAGE_SIZE), "--device", "cpu"]
+
+
+def _indexer(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "indexer", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def _json(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert result.returncode == 0, result.stderr
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def _rows(db: Path) -> dict[str, bytes]:
+    with sqlite3.connect(db) as connection:
+        return dict(connection.execute("SELECT path, embedding FROM images WHERE status = 'indexed'").fetchall())
+
+
+def test_build_status_rerun_verify_reindex(photo_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = _json(_indexer("build", str(photo_dir), "--data-dir", str(data), *SMALL, "--json", cwd=tmp_path))
+    assert (first["new"], first["embedded"], first["failed"]) == (12, 12, 0)
+    assert first["weights"] == "random" and "RANDOM weights" in first["warning"]
+
+    status = _json(_indexer("status", "--data-dir", str(data), "--json", cwd=tmp_path))
+    assert {k: status[k] for k in ("images", "failed", "vectors", "weights", "image_size", "index_type")} == {
+        "images": 12,
+        "failed": 0,
+        "vectors": 12,
+        "weights": "random",
+        "image_size": TEST_IMAGE_SIZE,
+        "index_type": "IDMap2,Flat",
+    }
+    assert status["model"] == "rope_i_vit_reg1_s16_pn_npn_avg_c1" and status["index_current"] is True
+
+    human = _indexer("status", "--data-dir", str(data), cwd=tmp_path)
+    assert "12 indexed" in human.stdout and "WARNING: built with RANDOM weights" in human.stdout
+
+    second = _json(_indexer("build", str(photo_dir), "--data-dir", str(data), *SMALL, "--json", cwd=tmp_path))
+    assert (second["embedded"], second["unchanged"]) == (0, 12)
+
+    assert _indexer("verify", "--data-dir", str(data), cwd=tmp_path).returncode == 0
+    for faiss_file in (data / "index").glob("*.faiss"):
+        faiss_file.unlink()
+    broken = _indexer("verify", "--data-dir", str(data), cwd=tmp_path)
+    assert broken.returncode == 1 and "cannot read" in broken.stdout
+    assert _indexer("reindex", "--data-dir", str(data), cwd=tmp_path).returncode == 0
+    assert _indexer("verify", "--data-dir", str(data), cwd=tmp_path).returncode == 0
+
+
+def test_progress_bar_and_human_summary(photo_dir: Path, tmp_path: Path) -> None:
+    result = _indexer("build", str(photo_dir), "--data-dir", str(tmp_path / "d"), *SMALL, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "img/s" in result.stderr  # tqdm's bar, with its rate
+    assert "new 12" in result.stdout and "images/s" in result.stdout
+
+
+def test_errors_exit_2_with_a_clear_message(photo_dir: Path, tmp_path: Path) -> None:
+    started = time.perf_counter()
+    offline = _indexer("build", str(photo_dir), "--data-dir", str(tmp_path / "d"), "--image-size", "64", cwd=tmp_path)
+    assert offline.returncode == 2
+    assert "rope_i_vit_reg1_s16_pn_npn_avg_c1_pe-spatial.pt" in offline.stderr
+    assert "4e65e500f2a7d2b11fc28aaa0b1ad4921692780507de014ebc5659e757327fde" in offline.stderr
+    assert "Traceback" not in offline.stderr
+    assert time.perf_counter() - started < 60
+    assert not (tmp_path / "d").exists()
+
+    (tmp_path / "config.yaml").write_text("runtime:\n  batchsize: 4\n")
+    typo = _indexer("status", cwd=tmp_path)
+    assert typo.returncode == 2 and "unknown setting runtime.batchsize" in typo.stderr
+
+    missing = _indexer(
+        "status", "--data-dir", str(tmp_path / "never-built"), "--config", str(tmp_path / "none.yaml"), cwd=tmp_path
+    )
+    assert missing.returncode == 2 and "cannot read config file" in missing.stderr
+
+    nothing = _indexer("status", "--data-dir", str(tmp_path / "never-built"), cwd=photo_dir)
+    assert nothing.returncode == 2 and "build an index first" in nothing.stderr
+
+    data = tmp_path / "d2"
+    assert _indexer("build", str(photo_dir), "--data-dir", str(data), *SMALL, cwd=photo_dir).returncode == 0
+    mixed = _indexer(
+        "build", str(photo_dir), "--data-dir", str(data), "--weights", "random", "--image-size", "96", cwd=photo_dir
+    )
+    assert mixed.returncode == 2 and "refusing to mix" in mixed.stderr
+
+
+def _noise_photos(folder: Path, count: int) -> None:
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    for i in range(count):
+        pixels = rng.integers(0, 256, (72, 96, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:04d}.jpg", quality=85)
+
+
+def test_sigkilled_build_resumes_to_the_uninterrupted_state(tmp_path: Path) -> None:
+    photos = tmp_path / "generated"
+    _noise_photos(photos, 240)
+    reference = tmp_path / "reference"
+    _json(_indexer("build", str(photos), "--data-dir", str(reference), *SMALL, "--json", cwd=tmp_path))
+
+    killed = tmp_path / "killed"
+    db = killed / "catalog.sqlite"
+    command = [
+        sys.executable,
+        "-m",
+        "indexer",
+        "build",
+        str(photos),
+        "--data-dir",
+        str(killed),
+        *SMALL,
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    committed = 0
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if db.exists():
+                try:
+                    committed = len(_rows(db))
+                except sqlite3.Error:
+                    committed = 0
+                if committed >= 20:
+                    break
+            time.sleep(0.02)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "the build finished before it could be killed"
+    at_kill = len(_rows(db))
+    assert 20 <= at_kill < 240
+
+    resumed = _json(_indexer("build", str(photos), "--data-dir", str(killed), *SMALL, "--json", cwd=tmp_path))
+    # Nothing committed before the kill went through the model again.
+    assert resumed["embedded"] == 240 - at_kill
+    assert _indexer("verify", "--data-dir", str(killed), cwd=tmp_path).returncode == 0
+    assert _rows(db) == _rows(reference / "catalog.sqlite")

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from indexer.config import ModelConfig
+from indexer.encoder import Encoder, LoadedModel, load_model
+from indexer.preprocess import model_pixels, normalize
+from tests.conftest import PHOTOS, TEST_IMAGE_SIZE
+
+
+def _pixels(size: int, count: int = 3) -> torch.Tensor:
+    images = [Image.open(path).convert("RGB") for path in sorted(PHOTOS.glob("*.jpg"))[:count]]
+    return torch.stack([model_pixels(image, size) for image in images])
+
+
+def test_preprocessing_equals_birders_inference_preset(random_model: LoadedModel) -> None:
+    from birder.data.transforms.classification import inference_preset
+
+    image = Image.open(sorted(PHOTOS.glob("*.jpg"))[0]).convert("RGB")
+    size = TEST_IMAGE_SIZE
+    preset = inference_preset((size, size), {"mean": random_model.rgb_mean, "std": random_model.rgb_std})
+    ours = normalize(model_pixels(image, size).unsqueeze(0), random_model.rgb_mean, random_model.rgb_std)[0]
+    torch.testing.assert_close(ours, preset(image), atol=1e-6, rtol=0)
+
+
+def test_random_model_facts(random_model: LoadedModel) -> None:
+    assert random_model.dim == 384
+    assert random_model.grid_size == TEST_IMAGE_SIZE // 16
+    assert random_model.native_size == 512
+    assert random_model.weights.kind == "random" and len(random_model.weights.sha256) == 64
+    assert random_model.rgb_mean == (0.5, 0.5, 0.5) and random_model.rgb_std == (0.5, 0.5, 0.5)
+
+
+def test_random_weights_are_seeded() -> None:
+    first = load_model(ModelConfig(weights="random", image_size=64, random_seed=0), torch.device("cpu"))
+    second = load_model(ModelConfig(weights="random", image_size=64, random_seed=0), torch.device("cpu"))
+    other = load_model(ModelConfig(weights="random", image_size=64, random_seed=1), torch.device("cpu"))
+    assert first.weights.sha256 == second.weights.sha256 != other.weights.sha256
+
+
+def test_one_pass_gives_birders_embedding_and_detection_features(random_model: LoadedModel) -> None:
+    encoder = Encoder(random_model, torch.device("cpu"))
+    pixels = _pixels(TEST_IMAGE_SIZE)
+    batch = encoder.encode(pixels)
+    assert batch.embeddings.shape == (3, 384) and batch.embeddings.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(batch.embeddings, axis=1), 1.0, atol=1e-5)
+    grid = TEST_IMAGE_SIZE // 16
+    assert batch.patches.shape == (3, grid, grid, 384)
+
+    x = normalize(pixels, random_model.rgb_mean, random_model.rgb_std)
+    with torch.inference_mode():
+        reference = torch.nn.functional.normalize(random_model.net.embedding(x), dim=1)  # type: ignore[operator]
+        detection = random_model.net.detection_features(x)["stage1"]  # type: ignore[operator]
+    np.testing.assert_allclose(batch.embeddings, reference.numpy(), atol=1e-5)
+    torch.testing.assert_close(batch.patches.permute(0, 3, 1, 2), detection, atol=1e-4, rtol=1e-4)
+    assert (encoder.calls, encoder.images) == (1, 3)
+
+
+def test_batching_does_not_change_embeddings(random_model: LoadedModel) -> None:
+    encoder = Encoder(random_model, torch.device("cpu"))
+    pixels = _pixels(TEST_IMAGE_SIZE)
+    together = encoder.encode(pixels).embeddings
+    alone = np.concatenate([encoder.encode(pixels[i : i + 1]).embeddings for i in range(3)])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_wrong_input_shape_is_refused(random_model: LoadedModel) -> None:
+    with pytest.raises(ValueError, match="expected"):
+        Encoder(random_model, torch.device("cpu")).encode(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+
+
+@pytest.mark.slow
+def test_real_size_grid_is_32_by_32() -> None:
+    model = load_model(ModelConfig(weights="random"), torch.device("cpu"))
+    batch = Encoder(model, torch.device("cpu")).encode(_pixels(512, count=1))
+    assert batch.patches.shape == (1, 32, 32, 384)
