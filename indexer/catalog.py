@@ -24,6 +24,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    TypeDecorator,
     create_engine,
     delete,
     event,
@@ -31,7 +32,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Dialect, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -51,6 +52,36 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+# File names are bytes on POSIX; Python shows undecodable bytes as lone surrogates (U+DC80-U+DCFF),
+# which no database can store as text. They are kept as code points U+10FF80-U+10FFFF of the last
+# private-use plane instead: reversible, still text, and prefix queries on folders keep working.
+_SURROGATE_TO_PRIVATE = {code: code - 0xDC80 + 0x10FF80 for code in range(0xDC80, 0xDD00)}
+_PRIVATE_TO_SURROGATE = {private: surrogate for surrogate, private in _SURROGATE_TO_PRIVATE.items()}
+
+
+def path_to_db(path: str) -> str:
+    """A file system path as storable text (see the comment above)."""
+    return path.translate(_SURROGATE_TO_PRIVATE)
+
+
+def path_from_db(text: str) -> str:
+    """The file system path back from :func:`path_to_db`."""
+    return text.translate(_PRIVATE_TO_SURROGATE)
+
+
+class FsPath(TypeDecorator[str]):
+    """Text column holding a file system path, undecodable bytes included."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else path_to_db(value)
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else path_from_db(value)
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -64,7 +95,7 @@ class ImageRecord(Base):
     __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012 - SQLAlchemy reads it once
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    path: Mapped[str] = mapped_column(Text, unique=True)
+    path: Mapped[str] = mapped_column(FsPath, unique=True)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str | None] = mapped_column(String(64), index=True)

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from indexer.config import LoupeConfig, load_config, with_overrides
 from indexer.errors import LoupeError
 
@@ -228,6 +230,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args)
         return code
     except LoupeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except SQLAlchemyError as error:
+        print(
+            f"error: catalog database: {error.__class__.__name__}: {error.args[0] if error.args else error}",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    except OSError as error:
+        # Disk full, read-only data dir and the like: committed work is safe, say what failed.
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -108,8 +108,8 @@ def test_moved_copied_touched_changed_and_deleted_files(photo_dir: Path, tmp_pat
 
 def test_corrupt_file_is_recorded_and_skipped(photo_dir: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
-    (photo_dir / "broken.jpg").write_bytes(b"this is not a jpeg")
     good = sorted(photo_dir.glob("*.jpg"))[0]
+    (photo_dir / "broken.jpg").write_bytes(b"this is not a jpeg")
     (photo_dir / "half.jpg").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     summary = _build(photo_dir, data)
     assert summary.new == N_PHOTOS and summary.failed == 2
@@ -158,3 +158,23 @@ def test_stored_vectors_round_trip_bytes() -> None:
     from indexer.catalog import vector_to_bytes
 
     assert np.array_equal(bytes_to_vector(vector_to_bytes(vector), 384), vector)
+
+
+def test_odd_file_names_round_trip(photo_dir: Path, tmp_path: Path) -> None:
+    source = sorted(photo_dir.glob("*.jpg"))[0]
+    odd = [
+        os.fsencode(photo_dir) + b"/caf\xe9-latin1.jpg",
+        os.fsencode(photo_dir / 'it\'s "quoted"\nand; DROP TABLE images.jpg'),
+    ]
+    for name in odd:
+        shutil.copy(source, name)
+    data = tmp_path / "data"
+    summary = _build(photo_dir, data)
+    assert summary.new + summary.copied == N_PHOTOS + 2 and summary.failed == 0
+    stored = set(_vectors(data))
+    assert {os.fsdecode(name) for name in odd} <= stored
+    assert _build(photo_dir, data).processed == 0
+    for name in odd:
+        os.unlink(name)
+    assert _build(photo_dir, data).removed == 2
+    assert _consistent(data) == []
