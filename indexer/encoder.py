@@ -18,7 +18,7 @@ import numpy.typing as npt
 import torch
 
 from indexer.config import ModelConfig
-from indexer.errors import WeightsError
+from indexer.errors import ConfigError, WeightsError
 from indexer.preprocess import normalize
 from indexer.weights import (
     WeightsIdentity,
@@ -70,7 +70,7 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise WeightsError(f"device {device!r} asked for, but torch sees no CUDA GPU on this machine")
+        raise ConfigError(f"runtime.device: {device!r} asked for, but torch sees no CUDA GPU on this machine")
     return resolved
 
 

@@ -55,6 +55,7 @@ def collection_status(config: LoupeConfig, *, with_failures: bool = False) -> di
         "index_type": meta.spec.factory_string if meta is not None else None,
         "nlist": meta.nlist if meta is not None else 0,
         "nprobe": meta.nprobe if meta is not None else 0,
+        "recall_at_10": meta.recall_at_10 if meta is not None else None,
         "catalog_revision": revision,
         "index_revision": meta.revision if meta is not None else None,
         "index_current": meta is not None and meta.revision == revision,

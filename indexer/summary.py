@@ -73,7 +73,8 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         f"catalog      {status['catalog']}",
         f"images       {status['images']} ({status['indexed']} indexed, {status['failed']} failed)",
         f"vectors      {status['vectors']} in {status['index_type'] or 'no index yet'}"
-        + (f" (nlist {status['nlist']}, nprobe {status['nprobe']})" if status["nlist"] else ""),
+        + (f" (nlist {status['nlist']}, nprobe {status['nprobe']})" if status["nlist"] else "")
+        + (f", recall@10 {status['recall_at_10']:.3f} vs exact" if status["recall_at_10"] is not None else ""),
         f"model        {status['model']} at {status['image_size']} px, {status['dim']}-d",
         f"weights      {status['weights']} (sha256 {status['weights_sha256'][:16]}...)",
         f"index state  {'current' if status['index_current'] else 'BEHIND the catalog: run python -m indexer reindex'}"

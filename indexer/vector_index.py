@@ -14,8 +14,8 @@ import logging
 import math
 import os
 import uuid
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -103,6 +103,11 @@ class IndexMeta:
     trained_on: int
     nprobe: int
     written_at: str
+    # nprobe from the config, the floor that tuning starts from; ``nprobe`` is what recall tuning chose.
+    nprobe_floor: int = 0
+    # recall@10 against exact search on a seeded sample, and the collection size it was measured at.
+    recall_at_10: float | None = None
+    recall_ntotal: int = 0
 
     @property
     def spec(self) -> IndexSpec:
@@ -257,52 +262,75 @@ def build_index(
     return index, trained_on
 
 
-def sync_index(catalog: Catalog, data_dir: Path, config: IndexConfig) -> SyncReport:
-    """Bring the FAISS files up to the catalog: add new vectors, drop removed or re-embedded ones, and
-    rebuild (retrain) when the collection outgrew the index's shape. Writes only when something changed."""
-    provenance = catalog.provenance()
-    if provenance is None:
-        raise IndexFileError("the catalog is empty: build an index first")
-    directory = index_dir(data_dir)
+def _caught_up(
+    catalog: Catalog, provenance: Provenance, loaded: LoadedIndex | None, config: IndexConfig
+) -> tuple[faiss.Index, IndexMeta, SyncReport]:
+    """``loaded`` brought up to the catalog in memory (or a fresh index when none fits)."""
     revision = catalog.revision()
     ids, vector_revisions = catalog.indexed_ids()
     desired = choose_index_spec(len(ids), provenance.dim, config)
-    try:
-        loaded = load_index(directory, config.nprobe)
-    except IndexFileError as error:
-        logger.warning("rebuilding the index: %s", error)
-        loaded = None
-
-    rebuild = (
+    if (
         loaded is None
         or loaded.meta.catalog_id != provenance.catalog_id
         or loaded.meta.dim != provenance.dim
         or needs_rebuild(loaded.meta.spec, desired, config.retrain_growth)
-    )
-    if rebuild or loaded is None:
+    ):
         index, trained_on = build_index(catalog, provenance, config, desired)
         meta = _new_meta(provenance, revision, desired, trained_on, config.nprobe)
-        write_index(directory, index, meta)
-        return SyncReport(
-            added=int(index.ntotal), removed=0, rebuilt=True, ntotal=int(index.ntotal), spec=desired, wrote=True
-        )
+        report = SyncReport(int(index.ntotal), 0, rebuilt=True, ntotal=int(index.ntotal), spec=desired, wrote=True)
+        return index, meta, report
 
     index, meta = loaded.index, loaded.meta
     present = index_ids(index)
     stale = ids[vector_revisions > meta.revision]
     to_remove = np.union1d(np.setdiff1d(present, ids), np.intersect1d(stale, present))
     to_add = np.union1d(np.setdiff1d(ids, present), stale)
-    if len(to_remove) == 0 and len(to_add) == 0 and meta.revision == revision and meta.nprobe == config.nprobe:
-        return SyncReport(added=0, removed=0, rebuilt=False, ntotal=int(index.ntotal), spec=meta.spec, wrote=False)
+    changed = len(to_remove) > 0 or len(to_add) > 0 or meta.revision != revision or meta.nprobe_floor != config.nprobe
     if len(to_remove):
         index.remove_ids(faiss.IDSelectorBatch(to_remove.astype(np.int64)))
     for chunk_ids, vectors in catalog.embeddings_for(to_add, provenance.dim):
         index.add_with_ids(vectors, chunk_ids)
-    new_meta = IndexMeta(**{**asdict(meta), "revision": revision, "nprobe": config.nprobe})
-    write_index(directory, index, new_meta)
-    return SyncReport(
-        added=len(to_add), removed=len(to_remove), rebuilt=False, ntotal=int(index.ntotal), spec=meta.spec, wrote=True
+    if changed:
+        meta = replace(meta, revision=revision, ntotal=int(index.ntotal))
+        if meta.nprobe_floor != config.nprobe:
+            meta = replace(meta, nprobe=config.nprobe, nprobe_floor=config.nprobe, recall_ntotal=0)
+    report = SyncReport(
+        len(to_add), len(to_remove), rebuilt=False, ntotal=int(index.ntotal), spec=meta.spec, wrote=changed
     )
+    return index, meta, report
+
+
+def current_index(catalog: Catalog, data_dir: Path, config: IndexConfig) -> tuple[faiss.Index, IndexMeta]:
+    """The index as the catalog says it should be, in memory, without writing anything: what a reader
+    uses while a build is running or after one was killed before it wrote the FAISS files."""
+    provenance = catalog.provenance()
+    if provenance is None:
+        raise IndexFileError("the catalog is empty: build an index first")
+    loaded = load_index(index_dir(data_dir))
+    index, meta, _ = _caught_up(catalog, provenance, loaded, config)
+    set_nprobe(index, meta.nprobe)
+    return index, meta
+
+
+def sync_index(catalog: Catalog, data_dir: Path, config: IndexConfig) -> SyncReport:
+    """Bring the FAISS files up to the catalog: add new vectors, drop removed or re-embedded ones, and
+    rebuild (retrain) when the collection outgrew the index's shape. Writes only when something changed;
+    re-measures recall (and re-tunes nprobe) when the collection changed by 10% since it was measured."""
+    provenance = catalog.provenance()
+    if provenance is None:
+        raise IndexFileError("the catalog is empty: build an index first")
+    try:
+        loaded = load_index(index_dir(data_dir))
+    except IndexFileError as error:
+        logger.warning("rebuilding the index: %s", error)
+        loaded = None
+    index, meta, report = _caught_up(catalog, provenance, loaded, config)
+    if not report.wrote:
+        return report
+    if meta.recall_at_10 is None or abs(meta.ntotal - meta.recall_ntotal) >= 0.1 * max(meta.recall_ntotal, 1):
+        meta = tune_nprobe(index, meta, catalog, provenance.dim, config.target_recall)
+    write_index(index_dir(data_dir), index, meta)
+    return report
 
 
 def rebuild_index(catalog: Catalog, data_dir: Path, config: IndexConfig) -> SyncReport:
@@ -310,16 +338,68 @@ def rebuild_index(catalog: Catalog, data_dir: Path, config: IndexConfig) -> Sync
     provenance = catalog.provenance()
     if provenance is None:
         raise IndexFileError("the catalog is empty: build an index first")
-    revision = catalog.revision()
+    index, meta, report = _caught_up(catalog, provenance, None, config)
+    meta = tune_nprobe(index, meta, catalog, provenance.dim, config.target_recall)
+    write_index(index_dir(data_dir), index, meta)
+    return report
+
+
+RECALL_QUERIES = 500
+RECALL_K = 10
+
+
+def exact_top_k(
+    catalog: Catalog, dim: int, queries: npt.NDArray[np.float32], k: int
+) -> tuple[npt.NDArray[np.float32], Ids]:
+    """Exact inner-product top-k over every catalog vector, streamed in chunks (on GPUs when present)."""
+    from faiss.contrib.exhaustive_search import knn_ground_truth
+
+    chunk_ids: list[Ids] = []
+
+    def blocks() -> Iterator[npt.NDArray[np.float32]]:
+        for ids, vectors in catalog.iter_embeddings(dim, chunk=20_000):
+            chunk_ids.append(ids)
+            yield vectors
+
+    scores, positions = knn_ground_truth(queries, blocks(), k, metric_type=faiss.METRIC_INNER_PRODUCT)
+    all_ids = np.concatenate(chunk_ids) if chunk_ids else np.empty(0, dtype=np.int64)
+    return scores, np.where(positions >= 0, all_ids[np.clip(positions, 0, None)], -1)
+
+
+def recall_at_k(index: faiss.Index, queries: npt.NDArray[np.float32], exact_scores: npt.NDArray[np.float32]) -> float:
+    """Share of the exact top-k that ``index`` returns. Ties count: exact copies have equal scores, and
+    any of them is a right answer, so a result counts when it scores at least the exact k-th score."""
+    k = exact_scores.shape[1]
+    scores, _ = index.search(queries, k)
+    kth = exact_scores[:, -1:] - 1e-5
+    return float(np.minimum((scores >= kth).sum(axis=1), k).sum() / exact_scores.size)
+
+
+def tune_nprobe(index: faiss.Index, meta: IndexMeta, catalog: Catalog, dim: int, target: float) -> IndexMeta:
+    """Measure recall@10 on a seeded sample of the collection against exact search and, for IVF, double
+    nprobe from the configured floor until the recall reaches ``target`` (or every list is visited)."""
     ids, _ = catalog.indexed_ids()
-    spec = choose_index_spec(len(ids), provenance.dim, config)
-    index, trained_on = build_index(catalog, provenance, config, spec)
-    write_index(index_dir(data_dir), index, _new_meta(provenance, revision, spec, trained_on, config.nprobe))
-    return SyncReport(added=int(index.ntotal), removed=0, rebuilt=True, ntotal=int(index.ntotal), spec=spec, wrote=True)
+    if meta.kind == "flat" or len(ids) <= RECALL_K:
+        return replace(meta, recall_at_10=1.0, recall_ntotal=int(index.ntotal))
+    rng = np.random.default_rng(TRAIN_SEED + 1)
+    sample = np.sort(rng.choice(ids, size=min(RECALL_QUERIES, len(ids)), replace=False))
+    queries = np.concatenate([vectors for _, vectors in catalog.embeddings_for(sample, dim)])
+    exact_scores, _ = exact_top_k(catalog, dim, queries, RECALL_K)
+    ivf = faiss.extract_index_ivf(index)
+    nprobe = min(max(meta.nprobe_floor, 1), ivf.nlist)
+    while True:
+        ivf.nprobe = nprobe
+        recall = recall_at_k(index, queries, exact_scores)
+        if recall >= target or nprobe >= ivf.nlist:
+            break
+        nprobe = min(ivf.nlist, nprobe * 2)
+    logger.info("recall@10 %.3f at nprobe %d of %d lists", recall, nprobe, ivf.nlist)
+    return replace(meta, nprobe=nprobe, recall_at_10=round(recall, 4), recall_ntotal=int(index.ntotal))
 
 
 def _new_meta(provenance: Provenance, revision: int, spec: IndexSpec, trained_on: int, nprobe: int) -> IndexMeta:
     return IndexMeta(
+        nprobe_floor=nprobe,
         file="",
         catalog_id=provenance.catalog_id,
         revision=revision,

@@ -14,6 +14,7 @@ from indexer.vector_index import (
     IndexSpec,
     check_index,
     choose_index_spec,
+    current_index,
     index_dir,
     index_ids,
     load_index,
@@ -26,8 +27,10 @@ DIM = 32
 
 
 def _clustered(n: int, seed: int, centers: int = 64) -> npt.NDArray[np.float32]:
+    """Unit vectors around fixed cluster centres (the same for every seed, so queries drawn with another
+    seed come from the collection's distribution)."""
+    middle = np.random.default_rng(12345 + centers).standard_normal((centers, DIM)).astype(np.float32)
     rng = np.random.default_rng(seed)
-    middle = rng.standard_normal((centers, DIM)).astype(np.float32)
     points = middle[rng.integers(0, centers, n)] + 0.35 * rng.standard_normal((n, DIM)).astype(np.float32)
     return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
 
@@ -217,3 +220,39 @@ def test_check_finds_extra_and_wrong_vectors(tmp_path: Path) -> None:
 
     rebuild_index(catalog, tmp_path, IndexConfig())
     assert check_index(catalog, tmp_path) == []
+
+
+def test_nprobe_is_tuned_until_recall_reaches_the_target(tmp_path: Path) -> None:
+    catalog = _catalog(tmp_path)
+    xb = _clustered(4_000, seed=12, centers=16)
+    _add(catalog, xb)
+    sync_index(catalog, tmp_path, IndexConfig(exact_below=1_000, nprobe=1, target_recall=0.95))
+    loaded = load_index(index_dir(tmp_path))
+    assert loaded is not None
+    meta = loaded.meta
+    assert meta.nprobe_floor == 1 and meta.nprobe > 1
+    assert meta.recall_at_10 is not None and meta.recall_at_10 >= 0.95 and meta.recall_ntotal == 4_000
+    ids, _ = catalog.indexed_ids()
+    # An independent measurement on other queries agrees.
+    assert _recall_at_10(loaded.index, xb, ids, _clustered(300, seed=13, centers=16)) >= 0.93
+
+
+def test_flat_index_reports_exact_recall(tmp_path: Path) -> None:
+    catalog = _catalog(tmp_path)
+    _add(catalog, _clustered(100, seed=14))
+    sync_index(catalog, tmp_path, IndexConfig())
+    loaded = load_index(index_dir(tmp_path))
+    assert loaded is not None and loaded.meta.recall_at_10 == 1.0
+
+
+def test_readers_see_committed_vectors_before_the_files_are_written(tmp_path: Path) -> None:
+    catalog = _catalog(tmp_path)
+    _add(catalog, _clustered(100, seed=15))
+    sync_index(catalog, tmp_path, IndexConfig())
+    written = sorted(p.name for p in index_dir(tmp_path).iterdir())
+    _add(catalog, _clustered(7, seed=16), start=100)
+    catalog.remove_paths(["/photos/000000.jpg"])
+    index, meta = current_index(catalog, tmp_path, IndexConfig())
+    assert index.ntotal == 106 and meta.revision == catalog.revision()
+    assert sorted(index_ids(index).tolist()) == catalog.indexed_ids()[0].tolist()
+    assert sorted(p.name for p in index_dir(tmp_path).iterdir()) == written  # nothing written
