@@ -212,6 +212,31 @@ class KnownContent:
     embedding: Embeddings
 
 
+@dataclass(frozen=True)
+class PhotoRecord:
+    """What search results show of an indexed photo."""
+
+    id: int
+    path: str
+    width: int
+    height: int
+    sha256: str
+    size_bytes: int
+    mtime_ns: int
+
+
+def _photo(row: ImageRecord) -> PhotoRecord:
+    return PhotoRecord(
+        id=row.id,
+        path=row.path,
+        width=row.width or 0,
+        height=row.height or 0,
+        sha256=row.sha256 or "",
+        size_bytes=row.size_bytes,
+        mtime_ns=row.mtime_ns,
+    )
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # WAL lets searches read the last committed state while a build writes; NORMAL sync in WAL mode keeps
@@ -457,6 +482,61 @@ class Catalog:
                 vectors.append(bytes_to_vector(data, dim))
             yield np.asarray([row[0] for row in rows], dtype=np.int64), np.stack(vectors)
             last = int(rows[-1][0])
+
+    def photos(self, ids: Iterable[int]) -> dict[int, PhotoRecord]:
+        """Indexed photos by id (ids that are not indexed photos are left out)."""
+        wanted = [int(i) for i in ids]
+        found: dict[int, PhotoRecord] = {}
+        for start in range(0, len(wanted), 500):
+            query = select(ImageRecord).where(
+                ImageRecord.id.in_(wanted[start : start + 500]), ImageRecord.status == STATUS_INDEXED
+            )
+            with self.session() as session:
+                found.update({row.id: _photo(row) for row in session.scalars(query)})
+        return found
+
+    def photo_by_path(self, path: str) -> PhotoRecord | None:
+        query = select(ImageRecord).where(ImageRecord.path == path, ImageRecord.status == STATUS_INDEXED)
+        with self.session() as session:
+            row = session.scalars(query).first()
+            return None if row is None else _photo(row)
+
+    def embedding(self, id_: int, dim: int) -> Embeddings | None:
+        query = select(ImageRecord.embedding).where(ImageRecord.id == id_, ImageRecord.status == STATUS_INDEXED)
+        with self.session() as session:
+            data = session.scalar(query)
+        return None if data is None else bytes_to_vector(data, dim)
+
+    def find_photos(self, name_contains: str, limit: int = 50) -> list[PhotoRecord]:
+        """Indexed photos whose path contains ``name_contains`` (case-insensitive), by path."""
+        escaped = name_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = (
+            select(ImageRecord)
+            .where(ImageRecord.status == STATUS_INDEXED, ImageRecord.path.ilike(f"%{escaped}%", escape="\\"))
+            .order_by(ImageRecord.path)
+            .limit(limit)
+        )
+        with self.session() as session:
+            return [_photo(row) for row in session.scalars(query)]
+
+    def same_content_ids(self) -> list[list[int]]:
+        """Ids of indexed photos that share their bytes (sha256) with another, grouped, ascending."""
+        shared = (
+            select(ImageRecord.sha256)
+            .where(ImageRecord.status == STATUS_INDEXED)
+            .group_by(ImageRecord.sha256)
+            .having(func.count() > 1)
+        )
+        query = (
+            select(ImageRecord.sha256, ImageRecord.id)
+            .where(ImageRecord.status == STATUS_INDEXED, ImageRecord.sha256.in_(shared))
+            .order_by(ImageRecord.sha256, ImageRecord.id)
+        )
+        groups: dict[str | None, list[int]] = {}
+        with self.session() as session:
+            for sha, id_ in session.execute(query):
+                groups.setdefault(sha, []).append(id_)
+        return list(groups.values())
 
     def path_of(self, ids: Iterable[int]) -> dict[int, str]:
         wanted = [int(i) for i in ids]

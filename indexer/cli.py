@@ -222,9 +222,8 @@ def configure_logging(verbose: bool) -> None:
     os.environ.setdefault("LOG_LEVEL", "INFO" if verbose else "WARNING")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def run_handler(args: argparse.Namespace) -> int:
+    """Run a subcommand's ``main``, turning library errors into a message and an exit code."""
     configure_logging(args.verbose)
     try:
         code: int = args.handler(args)
@@ -233,10 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR
     except SQLAlchemyError as error:
-        print(
-            f"error: catalog database: {error.__class__.__name__}: {error.args[0] if error.args else error}",
-            file=sys.stderr,
-        )
+        detail = error.args[0] if error.args else error
+        print(f"error: catalog database: {error.__class__.__name__}: {detail}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as error:
         # Disk full, read-only data dir and the like: committed work is safe, say what failed.
@@ -245,3 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: every finished batch is committed; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_handler(build_parser().parse_args(argv))

@@ -20,6 +20,8 @@ import yaml
 from indexer.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = Path("config.yaml")
+# Written into the data dir by every build, so readers know the exact settings the index was made with.
+RESOLVED_CONFIG_FILE = "config.resolved.yaml"
 
 Check = Callable[[Any], str | None]
 
@@ -99,6 +101,21 @@ class IndexConfig:
     use_gpu: bool = True
 
 
+def _unit_interval(value: Any) -> str | None:
+    return None if -1.0 <= value <= 1.0 else "must be a cosine similarity between -1 and 1"
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How queries are answered and labelled."""
+
+    default_k: int = _checked(10, _at_least(1))
+    near_duplicate_threshold: float = _checked(0.95, _unit_interval)
+    duplicate_neighbours: int = _checked(32, _at_least(1))
+    max_query_bytes: int = _checked(64 << 20, _at_least(1))
+    max_query_pixels: int = _checked(100_000_000, _at_least(1))
+
+
 @dataclass(frozen=True)
 class LoupeConfig:
     """The whole configuration. ``db_url`` None means SQLite at ``<data_dir>/catalog.sqlite``."""
@@ -109,6 +126,7 @@ class LoupeConfig:
     runtime: RuntimeConfig = RuntimeConfig()
     decode: DecodeConfig = DecodeConfig()
     index: IndexConfig = IndexConfig()
+    search: SearchConfig = SearchConfig()
 
     @property
     def resolved_db_url(self) -> str:

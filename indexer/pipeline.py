@@ -12,7 +12,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,16 +27,15 @@ from indexer.catalog import (
     IndexedFile,
     Provenance,
 )
-from indexer.config import LoupeConfig, dump_config
+from indexer.config import RESOLVED_CONFIG_FILE, LoupeConfig, dump_config
 from indexer.decode import DecodeLimits, supported_extensions
 from indexer.encoder import Encoder, LoadedModel, load_model, resolve_device
 from indexer.reader import PhotoDataset, ReadBatch, ReadResult, WorkItem, make_loader, read_one
 from indexer.scan import ScannedFile, resolve_roots, scan
 from indexer.vector_index import SyncReport, sync_index
+from indexer.weights import weights_kind
 
 logger = logging.getLogger(__name__)
-
-RESOLVED_CONFIG_FILE = "config.resolved.yaml"
 
 
 @dataclass
@@ -87,9 +86,14 @@ def provenance_of(model: LoadedModel) -> Provenance:
 
 
 def _write_resolved_config(config: LoupeConfig) -> None:
+    """Save the settings beside the index, with absolute paths so readers anywhere can reuse them."""
+    model = replace(config.model, models_dir=config.model.models_dir.expanduser().resolve())
+    if weights_kind(model.weights) == "file":
+        model = replace(model, weights=str(Path(model.weights).expanduser().resolve()))
+    resolved = replace(config, data_dir=config.data_dir.resolve(), model=model)
     target = config.data_dir / RESOLVED_CONFIG_FILE
     temporary = target.with_suffix(".tmp")
-    temporary.write_text(dump_config(config), encoding="utf-8")
+    temporary.write_text(dump_config(resolved), encoding="utf-8")
     os.replace(temporary, target)
 
 

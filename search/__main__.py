@@ -1,0 +1,5 @@
+"""``python -m search``."""
+
+from search.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,274 @@
+"""``python -m search``: query, similar, duplicates, lookup.
+
+Tables for people, ``--json`` (and ``--csv`` where rows make sense) for scripts. Errors are one line on
+stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from indexer.cli import EXIT_OK, run_handler
+from indexer.config import LoupeConfig, load_config, with_overrides
+from indexer.errors import LoupeError
+from indexer.report import RANDOM_WEIGHTS_WARNING
+
+logger = logging.getLogger(__name__)
+
+
+def _k(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from error
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"k must be at least 1, got {value}")
+    return value
+
+
+def _score(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from error
+    if not -1.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a cosine similarity lies in [-1, 1], got {value}")
+    return value
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("collection")
+    group.add_argument("--config", type=Path, help="config file (default: ./config.yaml when present)")
+    group.add_argument("--data-dir", type=Path, help="folder of the catalog and index files")
+    group.add_argument("--db-url", help="SQLAlchemy URL of the catalog (default: SQLite in the data dir)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
+
+
+def _add_filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-k", type=_k, help="number of results (config: search.default_k)")
+    parser.add_argument("--min-score", type=_score, help="drop matches below this cosine similarity")
+    parser.add_argument("--under", type=Path, metavar="FOLDER", help="only photos below this folder")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _config(args: argparse.Namespace) -> LoupeConfig:
+    return with_overrides(load_config(args.config), {"data_dir": args.data_dir, "db_url": args.db_url})
+
+
+def _open(args: argparse.Namespace) -> Any:
+    from search.engine import SearchEngine
+
+    engine = SearchEngine.open(_config(args))
+    if engine.random_weights:
+        print(f"WARNING: this index was {RANDOM_WEIGHTS_WARNING}", file=sys.stderr)
+    return engine
+
+
+def _print_results(query: str, results: Sequence[Any], as_json: bool, out: IO[str]) -> None:
+    if as_json:
+        print(json.dumps({"query": query, "results": [r.to_dict() for r in results]}, indent=2), file=out)
+        return
+    print(f"query: {query}", file=out)
+    if not results:
+        print("  no matches", file=out)
+        return
+    print(f"{'rank':>4}  {'score':>7}  {'label':<14}  {'size':>11}  path", file=out)
+    for r in results:
+        print(f"{r.rank:>4}  {r.score:>7.4f}  {r.label:<14}  {f'{r.width}x{r.height}':>11}  {r.path}", file=out)
+
+
+# query / similar ---------------------------------------------------------------------------------
+
+
+def setup_query(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image", type=Path, metavar="IMAGE", help="query image file")
+    _add_filters(parser)
+    _add_common(parser)
+
+
+def main_query(args: argparse.Namespace) -> int:
+    engine = _open(args)
+    try:
+        results = engine.search_image(args.image, args.k, min_score=args.min_score, under=args.under)
+    finally:
+        engine.close()
+    _print_results(str(args.image.resolve()), results, args.json, sys.stdout)
+    return EXIT_OK
+
+
+def setup_similar(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("photo", metavar="PATH_OR_ID", help="an indexed photo: its path or catalog id")
+    parser.add_argument("--include-self", action="store_true", help="keep the photo itself in the results")
+    _add_filters(parser)
+    _add_common(parser)
+
+
+def main_similar(args: argparse.Namespace) -> int:
+    engine = _open(args)
+    try:
+        photo = engine.photo(args.photo)
+        results = engine.search_similar(
+            photo.id, args.k, include_self=args.include_self, min_score=args.min_score, under=args.under
+        )
+    finally:
+        engine.close()
+    _print_results(photo.path, results, args.json, sys.stdout)
+    return EXIT_OK
+
+
+# duplicates --------------------------------------------------------------------------------------
+
+DUPLICATE_CSV_FIELDS = ["group", "member", "original", "exact", "score", "width", "height", "size_bytes", "id", "path"]
+
+
+def setup_duplicates(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threshold",
+        type=_score,
+        help="cosine similarity that makes two photos duplicates (config: search.near_duplicate_threshold)",
+    )
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print JSON")
+    output.add_argument("--csv", action="store_true", help="print CSV, one row per photo")
+    _add_common(parser)
+
+
+def write_duplicates_csv(groups: Sequence[Any], out: IO[str]) -> None:
+    """One CSV row per photo: group number, position (0 = suggested original), and its facts."""
+    writer = csv.writer(out)
+    writer.writerow(DUPLICATE_CSV_FIELDS)
+    for number, group in enumerate(groups, start=1):
+        for position, m in enumerate(group.members):
+            writer.writerow(
+                [
+                    number,
+                    position,
+                    int(m.original),
+                    int(m.exact),
+                    f"{m.score:.6f}",
+                    m.width,
+                    m.height,
+                    m.size_bytes,
+                    m.id,
+                    m.path,
+                ]
+            )
+
+
+def main_duplicates(args: argparse.Namespace) -> int:
+    from search.duplicates import find_duplicate_groups
+
+    engine = _open(args)
+    try:
+        threshold = args.threshold if args.threshold is not None else engine.config.search.near_duplicate_threshold
+        groups = find_duplicate_groups(engine, threshold)
+    finally:
+        engine.close()
+    if args.json:
+        print(json.dumps({"threshold": threshold, "groups": [g.to_dict() for g in groups]}, indent=2))
+    elif args.csv:
+        write_duplicates_csv(groups, sys.stdout)
+    else:
+        photos = sum(len(g.members) for g in groups)
+        print(f"{len(groups)} groups of near-duplicates ({photos} photos) at similarity >= {threshold}")
+        for number, group in enumerate(groups, start=1):
+            print(f"group {number} ({len(group.members)} photos)")
+            for m in group.members:
+                kind = "original" if m.original else ("exact copy" if m.exact else f"{m.score:.4f}")
+                print(f"  {kind:>10}  {f'{m.width}x{m.height}':>11}  {m.path}")
+    return EXIT_OK
+
+
+# lookup ------------------------------------------------------------------------------------------
+
+
+def setup_lookup(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("folder", type=Path, metavar="QUERY_DIR", help="folder of query images")
+    parser.add_argument("-k", type=_k, default=5, help="matches per query (default 5)")
+    parser.add_argument("--min-score", type=_score, help="drop matches below this cosine similarity")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print JSON")
+    output.add_argument("--csv", type=Path, metavar="FILE", help="write CSV rows (query, rank, score, ...) to FILE")
+    _add_common(parser)
+
+
+def main_lookup(args: argparse.Namespace) -> int:
+    from search.lookup import reverse_lookup
+
+    if not args.folder.is_dir():
+        raise LoupeError(f"{args.folder}: not a folder")
+    engine = _open(args)
+    try:
+        lookups = list(
+            reverse_lookup(engine, args.folder, args.k, min_score=args.min_score, show_progress=not args.json)
+        )
+    finally:
+        engine.close()
+    if args.json:
+        print(json.dumps({"queries": [item.to_dict() for item in lookups]}, indent=2))
+    elif args.csv is not None:
+        with args.csv.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["query", "rank", "score", "label", "id", "path", "error"])
+            for item in lookups:
+                if item.error is not None or not item.results:
+                    writer.writerow([item.query, "", "", "", "", "", item.error or "no match"])
+                for r in item.results:
+                    writer.writerow([item.query, r.rank, f"{r.score:.6f}", r.label, r.id, r.path, ""])
+        print(f"wrote {len(lookups)} queries to {args.csv}")
+    else:
+        for item in lookups:
+            if item.error is not None:
+                print(f"query: {item.query}\n  cannot use it: {item.error}")
+            else:
+                _print_results(item.query, item.results, False, sys.stdout)
+    return EXIT_OK
+
+
+# wiring ------------------------------------------------------------------------------------------
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
+    "query": ("photos most similar to an image file", setup_query, main_query),
+    "similar": ("photos most similar to an indexed photo (by path or id)", setup_similar, main_similar),
+    "duplicates": ("groups of near-identical photos, suggested original first", setup_duplicates, main_duplicates),
+    "lookup": ("best matches for every image in a folder of queries", setup_lookup, main_lookup),
+}
+
+EPILOG = """examples:
+  python -m search query holiday.jpg -k 20
+  python -m search similar /photos/2019/img_0042.jpg --under /photos/2020 --json
+  python -m search duplicates --threshold 0.97 --csv > duplicates.csv
+  python -m search lookup incoming/ -k 3 --csv matches.csv
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m search",
+        description="Loupe search: nearest neighbours, near-duplicates and reverse lookup over an index.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, setup, handler) in COMMANDS.items():
+        sub = subparsers.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        setup(sub)
+        sub.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_handler(build_parser().parse_args(argv))

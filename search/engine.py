@@ -1,0 +1,311 @@
+"""The search engine: open a data dir once, answer many queries.
+
+It reads the catalog and the FAISS files, and encodes query images with the same decoding,
+preprocessing, model, weights and image size as the index was built with (read from the catalog's
+provenance). The model loads lazily: queries by id, path or vector never need it. It is thread-safe
+(Streamlit serves sessions from threads) and follows the catalog: a query after a build committed more
+photos sees them, even before the build wrote its FAISS files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+import yaml
+from PIL import Image
+
+from indexer.catalog import Catalog, PhotoRecord, Provenance
+from indexer.config import RESOLVED_CONFIG_FILE, LoupeConfig, ModelConfig, config_from_mapping
+from indexer.decode import DecodeLimits, decode_image, read_image_bytes
+from indexer.errors import ConfigError, DecodeError, LoupeError, ProvenanceMismatchError
+from indexer.vector_index import IndexMeta, current_index
+
+logger = logging.getLogger(__name__)
+
+Vector = npt.NDArray[np.float32]
+MatchLabel = Literal["exact", "near-duplicate", "similar"]
+
+
+class QueryError(LoupeError):
+    """A query cannot be answered as asked (unknown photo, unreadable image, bad vector)."""
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """One neighbour of a query."""
+
+    rank: int
+    id: int
+    path: str
+    score: float
+    label: MatchLabel
+    width: int
+    height: int
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class QueryImage:
+    """An encoded query: its vector and, when it came from bytes, their sha256 (for the exact label)."""
+
+    vector: Vector
+    sha256: str | None
+    width: int
+    height: int
+
+
+def match_label(score: float, same_content: bool, near_duplicate_threshold: float) -> MatchLabel:
+    """``exact`` for the same bytes, ``near-duplicate`` at or above the threshold, else ``similar``."""
+    if same_content:
+        return "exact"
+    if score >= near_duplicate_threshold:
+        return "near-duplicate"
+    return "similar"
+
+
+def _model_config_for(config: LoupeConfig, provenance: Provenance) -> ModelConfig:
+    """The model settings the index was built with: the build's saved config, at the recorded size."""
+    saved = config.data_dir / RESOLVED_CONFIG_FILE
+    model = config.model
+    if saved.exists():
+        try:
+            model = config_from_mapping(yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).model
+        except (ConfigError, yaml.YAMLError) as error:
+            logger.warning("ignoring %s: %s", saved, error)
+    return replace(model, network=provenance.model, image_size=provenance.image_size)
+
+
+class SearchEngine:
+    """Nearest-neighbour queries over one collection. Create with :meth:`open`."""
+
+    def __init__(self, config: LoupeConfig, catalog: Catalog, provenance: Provenance) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.provenance = provenance
+        self._lock = threading.RLock()
+        self._index: faiss.Index | None = None
+        self._meta: IndexMeta | None = None
+        self._encoder: Any = None
+        self._limits = DecodeLimits(
+            max_pixels=min(config.decode.max_pixels, config.search.max_query_pixels),
+            max_file_bytes=config.search.max_query_bytes,
+        )
+
+    @classmethod
+    def open(cls, config: LoupeConfig) -> SearchEngine:
+        """Open the collection of ``config`` (catalog and index; the model loads on first image query)."""
+        catalog = Catalog.open(config.resolved_db_url, create=False)
+        provenance = catalog.provenance()
+        if provenance is None:
+            catalog.close()
+            raise QueryError(f"no index in {config.data_dir}: build one with `python -m indexer build PHOTOS`")
+        engine = cls(config, catalog, provenance)
+        engine._refresh()
+        return engine
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    # State ---------------------------------------------------------------------------------------
+
+    @property
+    def random_weights(self) -> bool:
+        return self.provenance.weights_kind == "random"
+
+    @property
+    def dim(self) -> int:
+        return self.provenance.dim
+
+    @property
+    def meta(self) -> IndexMeta:
+        return self.current()[1]
+
+    def _refresh(self) -> None:
+        index, meta = current_index(self.catalog, self.config.data_dir, self.config.index)
+        self._index, self._meta = index, meta
+
+    def current(self) -> tuple[faiss.Index, IndexMeta]:
+        """The index as of the catalog's last commit (reloaded when a build committed since)."""
+        with self._lock:
+            if self._meta is None or self._meta.revision != self.catalog.revision():
+                self._refresh()
+            assert self._index is not None and self._meta is not None
+            return self._index, self._meta
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.current()[0].ntotal)
+
+    # Encoding ------------------------------------------------------------------------------------
+
+    def _get_encoder(self) -> Any:
+        with self._lock:
+            if self._encoder is None:
+                from indexer.encoder import Encoder, load_model, resolve_device
+
+                device = resolve_device(self.config.runtime.device)
+                model = load_model(_model_config_for(self.config, self.provenance), device)
+                if model.weights.sha256 != self.provenance.weights_sha256:
+                    raise ProvenanceMismatchError(
+                        f"the index was built with weights sha256 {self.provenance.weights_sha256} "
+                        f"({self.provenance.weights_source}); the model found now has {model.weights.sha256} "
+                        f"({model.weights.source}): queries would be compared in another space"
+                    )
+                self._encoder = Encoder(model, device)
+            return self._encoder
+
+    def encode_pixels(self, pixels: Any) -> Vector:
+        """Embed a ``[B, 3, S, S]`` uint8 batch (from :func:`indexer.preprocess.model_pixels`)."""
+        # A forward pass in inference mode changes no module state, so threads may encode concurrently.
+        embeddings: Vector = self._get_encoder().encode(pixels).embeddings
+        return embeddings
+
+    def encode_image(self, image: Image.Image, sha256: str | None = None) -> QueryImage:
+        """Encode an RGB-convertible PIL image exactly as the indexer encodes photos."""
+        from indexer.preprocess import model_pixels
+
+        size = self.provenance.image_size
+        pixels = model_pixels(image.convert("RGB"), size).unsqueeze(0)
+        return QueryImage(self.encode_pixels(pixels)[0], sha256, image.width, image.height)
+
+    def encode_bytes(self, data: bytes) -> QueryImage:
+        """Decode (EXIF orientation, colour modes, limits) and encode image bytes."""
+        try:
+            decoded = decode_image(data, self._limits, min_side=self.provenance.image_size)
+        except DecodeError as error:
+            raise QueryError(f"cannot use this image: {error}") from error
+        query = self.encode_image(decoded.image, hashlib.sha256(data).hexdigest())
+        return replace(query, width=decoded.width, height=decoded.height)
+
+    def encode_file(self, path: Path) -> QueryImage:
+        try:
+            data = read_image_bytes(path, self._limits)
+        except DecodeError as error:
+            raise QueryError(f"{path}: {error}") from error
+        return self.encode_bytes(data)
+
+    # Queries -------------------------------------------------------------------------------------
+
+    def search_vector(
+        self,
+        vector: Vector,
+        k: int | None = None,
+        *,
+        min_score: float | None = None,
+        under: str | Path | None = None,
+        exclude_ids: Sequence[int] = (),
+        query_sha256: str | None = None,
+        query_path: str | None = None,
+    ) -> list[SearchResult]:
+        """The ``k`` nearest photos to a vector, best first, after the filters.
+
+        ``under`` keeps photos below a folder; ``min_score`` drops weaker matches; ``exclude_ids`` drops
+        given photos. Filters never cost results: the search goes deeper until ``k`` pass or none are left.
+        Equal scores (exact copies) rank the query's own file (``query_path``) first, then by id.
+        """
+        k = k or self.config.search.default_k
+        if k < 1:
+            raise QueryError(f"k must be at least 1, got {k}")
+        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        if query.shape[1] != self.dim:
+            raise QueryError(f"query vector has {query.shape[1]} values, the index has {self.dim}")
+        if not np.all(np.isfinite(query)):
+            raise QueryError("query vector has NaN or infinite values")
+        norm = float(np.linalg.norm(query))
+        if norm == 0.0:
+            raise QueryError("query vector is all zeros")
+        query = query / norm
+        prefix = None if under is None else str(Path(under).expanduser().resolve()).rstrip("/") + "/"
+        excluded = set(int(i) for i in exclude_ids)
+        index, _ = self.current()
+        total = int(index.ntotal)
+        fetch = k + len(excluded)
+        kept: list[tuple[PhotoRecord, float]] = []
+        while True:
+            fetch = min(fetch, total)
+            if fetch == 0:
+                break
+            scores, ids = index.search(query, fetch)  # faiss searches are safe to run concurrently
+            found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+            photos = self.catalog.photos(i for i, _ in found)
+            kept = [
+                (photos[i], score)
+                for i, score in found
+                if i in photos
+                and i not in excluded
+                and (min_score is None or score >= min_score)
+                and (prefix is None or photos[i].path.startswith(prefix))
+            ]
+            weakest = found[-1][1] if found else -1.0
+            if len(kept) >= k or fetch >= total or (min_score is not None and weakest < min_score):
+                break
+            fetch *= 4
+        kept.sort(key=lambda item: (-round(item[1], 5), item[0].path != query_path, item[0].id))
+        threshold = self.config.search.near_duplicate_threshold
+        return [
+            SearchResult(
+                rank=rank,
+                id=photo.id,
+                path=photo.path,
+                score=score,
+                label=match_label(score, query_sha256 is not None and photo.sha256 == query_sha256, threshold),
+                width=photo.width,
+                height=photo.height,
+                sha256=photo.sha256,
+            )
+            for rank, (photo, score) in enumerate(kept[:k], start=1)
+        ]
+
+    def search_image(
+        self, image: Image.Image | bytes | Path, k: int | None = None, **filters: Any
+    ) -> list[SearchResult]:
+        """Neighbours of an image given as a file path, bytes or a PIL image."""
+        query_path = None
+        if isinstance(image, Path):
+            query = self.encode_file(image)
+            query_path = str(image.expanduser().resolve())
+        elif isinstance(image, bytes | bytearray):
+            query = self.encode_bytes(bytes(image))
+        else:
+            query = self.encode_image(image)
+        return self.search_vector(query.vector, k, query_sha256=query.sha256, query_path=query_path, **filters)
+
+    def photo(self, id_or_path: int | str | Path) -> PhotoRecord:
+        """An indexed photo by catalog id or by path (resolved like the indexer stores it)."""
+        if isinstance(id_or_path, int) or (isinstance(id_or_path, str) and id_or_path.isdigit()):
+            found = self.catalog.photos([int(id_or_path)])
+            if not found:
+                raise QueryError(f"no indexed photo has id {id_or_path}")
+            return next(iter(found.values()))
+        path = str(Path(id_or_path).expanduser().resolve())
+        photo = self.catalog.photo_by_path(path)
+        if photo is None:
+            raise QueryError(f"{path} is not an indexed photo of this collection")
+        return photo
+
+    def search_similar(
+        self, id_or_path: int | str | Path, k: int | None = None, *, include_self: bool = False, **filters: Any
+    ) -> list[SearchResult]:
+        """ "More like this": neighbours of an indexed photo, from its stored embedding (no model needed)."""
+        photo = self.photo(id_or_path)
+        vector = self.catalog.embedding(photo.id, self.dim)
+        if vector is None:  # pragma: no cover - photo() only returns indexed rows
+            raise QueryError(f"photo {photo.id} has no stored embedding")
+        exclude = list(filters.pop("exclude_ids", ()))
+        if not include_self:
+            exclude.append(photo.id)
+        return self.search_vector(
+            vector, k, exclude_ids=exclude, query_sha256=photo.sha256, query_path=photo.path, **filters
+        )

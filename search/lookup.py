@@ -1,0 +1,68 @@
+"""Batch reverse lookup: for every image in a folder of queries, its best matches in the collection.
+
+One model load, the indexer's own decode workers and batched forward passes: a folder of queries costs
+what indexing it would, plus one search per image.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from indexer.decode import DecodeLimits, supported_extensions
+from indexer.reader import PhotoDataset, WorkItem, make_loader
+from indexer.scan import scan
+from search.engine import SearchEngine, SearchResult
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LookupResult:
+    """The matches of one query file, or why it could not be used."""
+
+    query: str
+    results: list[SearchResult]
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"query": self.query, "error": self.error, "results": [r.to_dict() for r in self.results]}
+
+
+def reverse_lookup(
+    engine: SearchEngine,
+    folder: Path,
+    k: int,
+    *,
+    min_score: float | None = None,
+    show_progress: bool = False,
+) -> Iterator[LookupResult]:
+    """Yield a :class:`LookupResult` per image under ``folder``, in path order."""
+    config = engine.config
+    items = [
+        WorkItem(path=str(found.path), size_bytes=found.size, mtime_ns=found.mtime_ns)
+        for found in scan([folder], supported_extensions(), follow_symlinks=config.decode.follow_symlinks)
+    ]
+    if not items:
+        return
+    limits = DecodeLimits(max_pixels=config.search.max_query_pixels, max_file_bytes=config.search.max_query_bytes)
+    dataset = PhotoDataset(items, engine.provenance.image_size, limits, frozenset())
+    loader = make_loader(dataset, config.runtime.batch_size, config.runtime.workers, pin_memory=False)
+    with tqdm(total=len(items), desc="looking up", unit="img", disable=not show_progress) as bar:
+        for batch in loader:
+            vectors = engine.encode_pixels(batch.pixels) if batch.pixels is not None else None
+            position = {result_index: row for row, result_index in enumerate(batch.decoded_positions)}
+            for result_index, result in enumerate(batch.results):
+                if vectors is None or result_index not in position:
+                    yield LookupResult(result.item.path, [], f"{result.error_reason}: {result.error_message}")
+                    continue
+                matches = engine.search_vector(
+                    vectors[position[result_index]], k, min_score=min_score, query_sha256=result.sha256
+                )
+                yield LookupResult(result.item.path, matches)
+            bar.update(len(batch.results))

@@ -1,0 +1,193 @@
+"""The search engine, duplicate groups and reverse lookup on a small real index (random weights)."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from indexer.pipeline import run_build
+from search.duplicates import find_duplicate_groups
+from search.engine import QueryError, SearchEngine, match_label
+from search.lookup import reverse_lookup
+from tests.conftest import PHOTOS, small_config
+
+NEAR_COPY_THRESHOLD = 0.99  # random weights at 64 px: re-encoded copies score >= 0.997, distinct photos <= 0.97
+
+
+def _near_copy(source: Path, target: Path, scale: float = 0.6, quality: int = 70) -> Path:
+    with Image.open(source) as image:
+        small = image.convert("RGB").resize((int(image.width * scale), int(image.height * scale)))
+    small.save(target, "JPEG", quality=quality)
+    return target
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 photos split over two folders, plus an exact copy and a near copy of two of them."""
+    root = tmp_path_factory.mktemp("collection")
+    photos = sorted(PHOTOS.glob("*.jpg"))
+    for number, photo in enumerate(photos):
+        folder = root / "photos" / ("a" if number % 2 == 0 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(photo, folder / photo.name)
+    planted = root / "photos" / "planted"
+    planted.mkdir()
+    shutil.copy2(PHOTOS / "scikit-image__moon.jpg", planted / "moon-exact-copy.jpg")
+    _near_copy(PHOTOS / "scikit-image__astronaut.jpg", planted / "astronaut-small.jpg")
+    run_build(small_config(root / "data"), [root / "photos"], show_progress=False)
+    return root
+
+
+@pytest.fixture()
+def engine(collection: Path) -> Iterator[SearchEngine]:
+    opened = SearchEngine.open(small_config(collection / "data"))
+    yield opened
+    opened.close()
+
+
+def test_an_indexed_file_finds_itself_first(engine: SearchEngine, collection: Path) -> None:
+    for photo in sorted((collection / "photos" / "a").glob("*.jpg")):
+        results = engine.search_image(photo, 3)
+        assert results[0].path == str(photo.resolve())
+        assert results[0].score >= 0.99 and results[0].label == "exact"
+        assert [r.rank for r in results] == [1, 2, 3]
+
+
+def test_a_resized_recompressed_copy_finds_its_original(engine: SearchEngine, collection: Path, tmp_path: Path) -> None:
+    for photo in sorted((collection / "photos" / "b").glob("*.jpg")):
+        copy = _near_copy(photo, tmp_path / f"{photo.stem}-copy.jpg", scale=0.5, quality=60)
+        top5 = [r.path for r in engine.search_image(copy, 5)]
+        assert str(photo.resolve()) in top5
+
+
+def test_file_bytes_and_pil_queries_agree(engine: SearchEngine) -> None:
+    path = PHOTOS / "scikit-image__coffee.jpg"
+    by_file = engine.search_image(path, 4)
+    by_bytes = engine.search_image(path.read_bytes(), 4)
+    with Image.open(path) as image:
+        by_pil = engine.search_image(image.convert("RGB"), 4)
+    assert [r.id for r in by_file] == [r.id for r in by_bytes] == [r.id for r in by_pil]
+    # Files and bytes are decoded exactly as the indexer does (JPEG draft mode); a PIL image arrives
+    # decoded at full size, so its scores may differ in the 4th decimal.
+    np.testing.assert_allclose([r.score for r in by_file], [r.score for r in by_bytes], atol=1e-6)
+    np.testing.assert_allclose([r.score for r in by_file], [r.score for r in by_pil], atol=2e-3)
+    assert by_file[0].label == "exact" and by_pil[0].label != "exact"  # a PIL image has no bytes to compare
+
+
+def test_more_like_this_by_path_or_id_needs_no_model(collection: Path) -> None:
+    engine = SearchEngine.open(small_config(collection / "data"))
+    photo = engine.photo(collection / "photos" / "a" / "scikit-image__moon.jpg")
+    by_path = engine.search_similar(collection / "photos" / "a" / "scikit-image__moon.jpg", 3)
+    by_id = engine.search_similar(str(photo.id), 3)
+    assert [r.id for r in by_path] == [r.id for r in by_id]
+    assert photo.id not in [r.id for r in by_path]
+    assert by_path[0].path.endswith("moon-exact-copy.jpg") and by_path[0].label == "exact"
+    assert engine.search_similar(photo.id, 3, include_self=True)[0].id == photo.id
+    assert engine._encoder is None  # the model was never loaded
+    engine.close()
+
+
+def test_filters_keep_k_results(engine: SearchEngine, collection: Path) -> None:
+    query = collection / "photos" / "a" / "scikit-image__moon.jpg"
+    under_b = engine.search_image(query, 4, under=collection / "photos" / "b")
+    assert len(under_b) == 4
+    assert all(r.path.startswith(str((collection / "photos" / "b").resolve()) + "/") for r in under_b)
+    everything = engine.search_image(query, 20)
+    floor = everything[5].score
+    strong = engine.search_image(query, 20, min_score=floor)
+    assert [r.id for r in strong] == [r.id for r in everything if r.score >= floor]
+    assert len(engine.search_image(query, 100)) == engine.ntotal == 14
+
+
+def test_raw_vector_queries_and_their_errors(engine: SearchEngine) -> None:
+    vector = engine.catalog.embedding(1, engine.dim)
+    assert vector is not None
+    assert engine.search_vector(vector * 3.0, 1)[0].id == 1  # vectors are normalised
+    with pytest.raises(QueryError, match="384"):
+        engine.search_vector(np.ones(10, dtype=np.float32))
+    with pytest.raises(QueryError, match="zeros"):
+        engine.search_vector(np.zeros(384, dtype=np.float32))
+    with pytest.raises(QueryError, match="no indexed photo has id 999"):
+        engine.search_similar(999)
+    with pytest.raises(QueryError, match="not an indexed photo"):
+        engine.search_similar("/nowhere/x.jpg")
+    with pytest.raises(QueryError, match="not-an-image"):
+        engine.search_image(b"<html>not an image</html>")
+
+
+def test_match_labels() -> None:
+    assert match_label(0.5, True, 0.95) == "exact"
+    assert match_label(0.95, False, 0.95) == "near-duplicate"
+    assert match_label(0.949, False, 0.95) == "similar"
+
+
+def test_duplicate_groups_find_planted_copies(engine: SearchEngine, collection: Path) -> None:
+    groups = find_duplicate_groups(engine, NEAR_COPY_THRESHOLD)
+    by_original = {Path(g.original.path).name: g for g in groups}
+    assert set(by_original) == {"scikit-image__moon.jpg", "scikit-image__astronaut.jpg"}
+
+    moon = by_original["scikit-image__moon.jpg"]
+    assert [Path(m.path).name for m in moon.members] == ["scikit-image__moon.jpg", "moon-exact-copy.jpg"]
+    assert moon.members[1].exact and moon.members[1].score >= 0.9999
+
+    astronaut = by_original["scikit-image__astronaut.jpg"]  # the full-size one is the suggested original
+    assert astronaut.original.width == 512 and astronaut.original.original
+    small = astronaut.members[1]
+    assert Path(small.path).name == "astronaut-small.jpg" and not small.exact and small.score >= NEAR_COPY_THRESHOLD
+    assert all(len(g.members) == 2 for g in groups)
+
+
+def test_low_threshold_merges_more(engine: SearchEngine) -> None:
+    strict = find_duplicate_groups(engine, NEAR_COPY_THRESHOLD)
+    loose = find_duplicate_groups(engine, 0.9)
+    assert sum(len(g.members) for g in loose) > sum(len(g.members) for g in strict)
+    assert [len(g.members) for g in loose] == sorted((len(g.members) for g in loose), reverse=True)
+
+
+def test_engine_follows_new_commits(collection: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(PHOTOS / "scikit-image__rocket.jpg", photos)
+    run_build(small_config(data), [photos], show_progress=False)
+    engine = SearchEngine.open(small_config(data))
+    assert engine.ntotal == 1
+    shutil.copy(PHOTOS / "scikit-image__coffee.jpg", photos)
+    run_build(small_config(data), [photos], show_progress=False)
+    assert engine.ntotal == 2
+    assert engine.search_image(PHOTOS / "scikit-image__coffee.jpg", 1)[0].path.endswith("coffee.jpg")
+    engine.close()
+
+
+def test_reverse_lookup_over_a_folder(engine: SearchEngine, tmp_path: Path) -> None:
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    _near_copy(PHOTOS / "scikit-image__rocket.jpg", queries / "1-rocket.jpg")
+    shutil.copy(PHOTOS / "tuxpaint-data__lighthouse.jpg", queries / "2-lighthouse.jpg")
+    (queries / "3-broken.jpg").write_bytes(b"garbage")
+    found = list(reverse_lookup(engine, queries, 2))
+    assert [Path(item.query).name for item in found] == ["1-rocket.jpg", "2-lighthouse.jpg", "3-broken.jpg"]
+    assert found[0].results[0].path.endswith("scikit-image__rocket.jpg")
+    assert found[1].results[0].path.endswith("tuxpaint-data__lighthouse.jpg") and found[1].results[0].label == "exact"
+    assert found[2].results == [] and found[2].error is not None and "not-an-image" in found[2].error
+    assert all(len(item.results) == 2 for item in found[:2])
+
+
+def test_query_image_limits(collection: Path) -> None:
+    config = small_config(collection / "data", **{"search.max_query_bytes": 1000})
+    engine = SearchEngine.open(config)
+    with pytest.raises(QueryError, match="file-too-large"):
+        engine.search_image(PHOTOS / "scikit-image__rocket.jpg")
+    buffer = io.BytesIO()
+    Image.new("RGB", (4000, 3000)).save(buffer, "PNG")
+    big = SearchEngine.open(small_config(collection / "data", **{"search.max_query_pixels": 1_000_000}))
+    with pytest.raises(QueryError, match="too-many-pixels"):
+        big.search_image(buffer.getvalue())
+    engine.close()
+    big.close()
