@@ -35,6 +35,9 @@ Vector = npt.NDArray[np.float32]
 MatchLabel = Literal["exact", "near-duplicate", "similar"]
 
 
+GPU_SEARCH_MIN_VECTORS = 100_000
+
+
 class QueryError(LoupeError):
     """A query cannot be answered as asked (unknown photo, unreadable image, bad vector)."""
 
@@ -134,6 +137,9 @@ class SearchEngine:
 
     def _refresh(self) -> None:
         index, meta = current_index(self.catalog, self.config.data_dir, self.config.index)
+        if self.config.index.use_gpu and index.ntotal >= GPU_SEARCH_MIN_VECTORS and faiss.get_num_gpus() > 0:
+            # Large collections search (and group duplicates) on the GPU; small ones are faster on the CPU.
+            index = faiss.index_cpu_to_all_gpus(index)
         self._index, self._meta = index, meta
 
     def current(self) -> tuple[faiss.Index, IndexMeta]:
