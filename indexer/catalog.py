@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy import (
     BigInteger,
+    ForeignKey,
     Integer,
     LargeBinary,
     String,
@@ -29,6 +30,7 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    inspect,
     select,
     update,
 )
@@ -40,11 +42,12 @@ from indexer.errors import CatalogError, ProvenanceMismatchError
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUS_INDEXED = "indexed"
 STATUS_FAILED = "failed"
 
 Embeddings = npt.NDArray[np.float32]
+PatchGrid = npt.NDArray[np.float16]
 Ids = npt.NDArray[np.int64]
 
 
@@ -111,6 +114,17 @@ class ImageRecord(Base):
     updated_at: Mapped[datetime]
 
 
+class PatchGridRecord(Base):
+    """A photo's pooled patch grid (float16, ``grid x grid x dim``): the source of the patch index and of
+    the exact re-ranking of region queries. Deleted with its photo."""
+
+    __tablename__ = "patch_grids"
+
+    image_id: Mapped[int] = mapped_column(Integer, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    grid: Mapped[int]
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class ProvenanceRecord(Base):
     """How every vector in this catalog was made. One row."""
 
@@ -126,6 +140,7 @@ class ProvenanceRecord(Base):
     image_size: Mapped[int]
     dim: Mapped[int]
     preprocessing: Mapped[str] = mapped_column(String(200))
+    patch_grid: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime]
 
 
@@ -149,13 +164,23 @@ class Provenance:
     image_size: int
     dim: int
     preprocessing: str
+    patch_grid: int = 0
     schema_version: int = SCHEMA_VERSION
     catalog_id: str = ""
 
     def differences(self, other: Provenance) -> list[str]:
         """Human-readable list of the settings that differ (the source path may differ freely)."""
         problems = []
-        for name in ("model", "weights_kind", "weights_sha256", "image_size", "dim", "preprocessing", "schema_version"):
+        for name in (
+            "model",
+            "weights_kind",
+            "weights_sha256",
+            "image_size",
+            "dim",
+            "preprocessing",
+            "patch_grid",
+            "schema_version",
+        ):
             mine, theirs = getattr(self, name), getattr(other, name)
             if mine != theirs:
                 problems.append(f"{name}: index has {mine!r}, this run has {theirs!r}")
@@ -184,6 +209,7 @@ class IndexedFile:
     width: int
     height: int
     embedding: Embeddings
+    patches: PatchGrid | None = None
 
 
 @dataclass(frozen=True)
@@ -210,6 +236,7 @@ class KnownContent:
     width: int
     height: int
     embedding: Embeddings
+    patches: PatchGrid | None = None
 
 
 @dataclass(frozen=True)
@@ -252,6 +279,17 @@ def vector_to_bytes(vector: Embeddings) -> bytes:
     return np.ascontiguousarray(vector, dtype="<f4").tobytes()
 
 
+def grid_to_bytes(grid: PatchGrid) -> bytes:
+    return np.ascontiguousarray(grid, dtype="<f2").tobytes()
+
+
+def bytes_to_grid(data: bytes, grid: int, dim: int) -> PatchGrid:
+    values = np.frombuffer(data, dtype="<f2")
+    if values.shape[0] != grid * grid * dim:
+        raise CatalogError(f"stored patch grid has {values.shape[0]} values, expected {grid}x{grid}x{dim}")
+    return values.reshape(grid, grid, dim).astype(np.float16)
+
+
 def bytes_to_vector(data: bytes, dim: int) -> Embeddings:
     vector = np.frombuffer(data, dtype="<f4")
     if vector.shape[0] != dim:
@@ -285,6 +323,7 @@ class Catalog:
             if engine.dialect.name == "sqlite":
                 event.listen(engine, "connect", _sqlite_pragmas)
             Base.metadata.create_all(engine)
+            _check_schema(engine)
         except SQLAlchemyError as error:
             raise CatalogError(f"cannot open catalog {redact_url(url)}: {error}") from error
         return cls(engine)
@@ -310,6 +349,7 @@ class Catalog:
                 image_size=row.image_size,
                 dim=row.dim,
                 preprocessing=row.preprocessing,
+                patch_grid=row.patch_grid,
                 schema_version=row.schema_version,
                 catalog_id=row.catalog_id,
             )
@@ -343,6 +383,7 @@ class Catalog:
                 image_size=wanted.image_size,
                 dim=wanted.dim,
                 preprocessing=wanted.preprocessing,
+                patch_grid=wanted.patch_grid,
                 created_at=_now(),
             )
             session.add(record)
@@ -519,6 +560,32 @@ class Catalog:
         with self.session() as session:
             return [_photo(row) for row in session.scalars(query)]
 
+    def patch_ids(self) -> tuple[Ids, npt.NDArray[np.int64]]:
+        """Ids of indexed photos that have a stored patch grid (sorted), and their vector revisions."""
+        query = (
+            select(ImageRecord.id, ImageRecord.vector_revision)
+            .join(PatchGridRecord, PatchGridRecord.image_id == ImageRecord.id)
+            .where(ImageRecord.status == STATUS_INDEXED)
+            .order_by(ImageRecord.id)
+        )
+        with self.session() as session:
+            rows = session.execute(query).all()
+        ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+        revisions = np.fromiter((row[1] or 0 for row in rows), dtype=np.int64, count=len(rows))
+        return ids, revisions
+
+    def patch_grids(self, ids: Sequence[int] | Ids, dim: int, chunk: int = 256) -> Iterator[tuple[Ids, PatchGrid]]:
+        """Yield ``(ids, grids [n, g, g, dim])`` chunks for photos that have a stored grid, in the order given."""
+        wanted = [int(i) for i in ids]
+        for start in range(0, len(wanted), chunk):
+            part = wanted[start : start + chunk]
+            query = select(PatchGridRecord).where(PatchGridRecord.image_id.in_(part))
+            with self.session() as session:
+                found = {row.image_id: bytes_to_grid(row.data, row.grid, dim) for row in session.scalars(query)}
+            present = [i for i in part if i in found]
+            if present:
+                yield np.asarray(present, dtype=np.int64), np.stack([found[i] for i in present])
+
     def same_content_ids(self) -> list[list[int]]:
         """Ids of indexed photos that share their bytes (sha256) with another, grouped, ascending."""
         shared = (
@@ -560,6 +627,8 @@ class Catalog:
             state.revision += 1
             revision = state.revision
             paths = [outcome.path for outcome in outcomes]
+            grids: list[tuple[ImageRecord, PatchGrid]] = []
+            failed_ids: list[int | None] = []
             existing = {
                 row.path: row for row in session.scalars(select(ImageRecord).where(ImageRecord.path.in_(paths)))
             }
@@ -579,12 +648,22 @@ class Catalog:
                     row.error_reason = row.error = None
                     row.embedding = vector_to_bytes(outcome.embedding)
                     row.vector_revision = revision
+                    if outcome.patches is not None:
+                        grids.append((row, outcome.patches))
                 else:
                     row.status = STATUS_FAILED
                     row.width = row.height = None
                     row.error_reason, row.error = outcome.reason, outcome.message
                     row.embedding = None
                     row.vector_revision = None
+                    failed_ids.append(row.id)
+            session.flush()  # assigns ids to new rows
+            if failed_ids:
+                session.execute(
+                    delete(PatchGridRecord).where(PatchGridRecord.image_id.in_([i for i in failed_ids if i]))
+                )
+            for row, grid in grids:
+                session.merge(PatchGridRecord(image_id=row.id, grid=int(grid.shape[0]), data=grid_to_bytes(grid)))
         return revision
 
     def touch(self, path: str, size_bytes: int, mtime_ns: int) -> None:
@@ -611,6 +690,20 @@ class Catalog:
                 removed += int(result.rowcount or 0)  # type: ignore[attr-defined]
             state.revision += 1
         return removed
+
+
+def _check_schema(engine: Engine) -> None:
+    """Refuse a catalog written by an older Loupe whose tables lack columns this version needs
+    (migrations come with Alembic; until then the index must be rebuilt into a new data dir)."""
+    inspector = inspect(engine)
+    for table in Base.metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        missing = sorted(column.name for column in table.columns if column.name not in present)
+        if missing:
+            raise CatalogError(
+                f"the catalog at {redact_url(engine.url.render_as_string(hide_password=False))} was written by an "
+                f"older Loupe: table {table.name} lacks {', '.join(missing)}; build into a new --data-dir"
+            )
 
 
 def redact_url(url: str) -> str:

@@ -80,6 +80,9 @@ def setup_build(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     model.add_argument("--batch-size", type=_positive_int, help="images per forward pass and per commit")
     model.add_argument("--workers", type=_non_negative_int, help="decode worker processes (0 = in-process)")
+    model.add_argument(
+        "--no-patches", action="store_true", help="no patch vectors: smaller index, no region search (config: patches)"
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--strict", action="store_true", help="exit 1 when any file failed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -97,6 +100,7 @@ def main_build(args: argparse.Namespace) -> int:
             "runtime.device": args.device,
             "runtime.batch_size": args.batch_size,
             "runtime.workers": args.workers,
+            "patches.enabled": False if args.no_patches else None,
         },
     )
     summary = run_build(config, args.paths, show_progress=not (args.no_progress or args.json))
@@ -163,14 +167,19 @@ def setup_reindex(parser: argparse.ArgumentParser) -> None:
 def main_reindex(args: argparse.Namespace) -> int:
     from indexer.catalog import Catalog
     from indexer.vector_index import rebuild_index
+    from indexer.vector_source import patch_vectors_of
 
     config = _resolve_config(args, {})
     catalog = Catalog.open(config.resolved_db_url, create=False)
     try:
         report = rebuild_index(catalog, config.data_dir, config.index)
+        print(f"reindex: wrote the global index, {report.spec.factory_string} with {report.ntotal} vectors")
+        patches = patch_vectors_of(catalog)
+        if patches is not None:
+            report = rebuild_index(catalog, config.data_dir, config.patches.index, patches)
+            print(f"reindex: wrote the patch index, {report.spec.factory_string} with {report.ntotal} vectors")
     finally:
         catalog.close()
-    print(f"reindex: wrote {report.spec.factory_string} with {report.ntotal} vectors")
     return EXIT_OK
 
 

@@ -51,6 +51,12 @@ def _weights(value: Any) -> str | None:
     return None
 
 
+def _codec(value: Any) -> str | None:
+    if value not in ("Flat", "SQfp16", "SQ8", "SQ4"):
+        return "must be Flat, SQfp16, SQ8 or SQ4"
+    return None
+
+
 def _checked(default: Any, check: Check) -> Any:
     return field(default=default, metadata={"check": check})
 
@@ -99,6 +105,20 @@ class IndexConfig:
     retrain_growth: float = _checked(2.0, _at_least(1.1))
     max_train_points: int = _checked(200_000, _at_least(1))
     use_gpu: bool = True
+    exact_codec: str = _checked("Flat", _codec)
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """Patch-level (region) retrieval: pooled patch grids in a compressed index of their own."""
+
+    enabled: bool = True
+    grid: int = _checked(16, _at_least(1))
+    candidates: int = _checked(100, _at_least(1))
+    cell_neighbours: int = _checked(256, _at_least(1))
+    index: IndexConfig = IndexConfig(
+        exact_below=50_000, compress_above=50_000, pq_bytes=32, nprobe=16, target_recall=0.8, exact_codec="SQ4"
+    )
 
 
 def _unit_interval(value: Any) -> str | None:
@@ -127,6 +147,7 @@ class LoupeConfig:
     decode: DecodeConfig = DecodeConfig()
     index: IndexConfig = IndexConfig()
     search: SearchConfig = SearchConfig()
+    patches: PatchConfig = PatchConfig()
 
     @property
     def resolved_db_url(self) -> str:

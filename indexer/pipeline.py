@@ -30,9 +30,11 @@ from indexer.catalog import (
 from indexer.config import RESOLVED_CONFIG_FILE, LoupeConfig, dump_config
 from indexer.decode import DecodeLimits, supported_extensions
 from indexer.encoder import Encoder, LoadedModel, load_model, resolve_device
+from indexer.patches import effective_grid, pool_patches
 from indexer.reader import PhotoDataset, ReadBatch, ReadResult, WorkItem, make_loader, read_one
 from indexer.scan import ScannedFile, resolve_roots, scan
 from indexer.vector_index import SyncReport, sync_index
+from indexer.vector_source import PatchVectors
 from indexer.weights import weights_kind
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ class BuildSummary:
     processing_s: float = 0.0
     failures_by_reason: dict[str, int] = field(default_factory=dict)
     index: SyncReport | None = None
+    patch_index: SyncReport | None = None
     weights_kind: str = ""
     image_size: int = 0
 
@@ -70,8 +73,8 @@ class BuildSummary:
         return self.processed / self.processing_s if self.processing_s > 0 else 0.0
 
 
-def provenance_of(model: LoadedModel) -> Provenance:
-    """The catalog record of how this model makes vectors."""
+def provenance_of(model: LoadedModel, patch_grid: int = 0) -> Provenance:
+    """The catalog record of how this model makes vectors (``patch_grid`` 0: no patch vectors)."""
     mean = ",".join(f"{v:g}" for v in model.rgb_mean)
     std = ",".join(f"{v:g}" for v in model.rgb_std)
     return Provenance(
@@ -82,6 +85,7 @@ def provenance_of(model: LoadedModel) -> Provenance:
         image_size=model.image_size,
         dim=model.dim,
         preprocessing=f"squash-bicubic-antialias;mean={mean};std={std};mean-of-patch-tokens;l2",
+        patch_grid=patch_grid,
     )
 
 
@@ -119,9 +123,12 @@ def plan_work(scanned: Sequence[ScannedFile], states: dict[str, FileState]) -> t
 class _BatchCommitter:
     """Turns read results into catalog rows: reuses known embeddings, runs the model once on the rest."""
 
-    def __init__(self, catalog: Catalog, encoder: Encoder, states: dict[str, FileState], summary: BuildSummary) -> None:
+    def __init__(
+        self, catalog: Catalog, encoder: Encoder, states: dict[str, FileState], summary: BuildSummary, patch_grid: int
+    ) -> None:
         self.catalog = catalog
         self.encoder = encoder
+        self.patch_grid = patch_grid
         self.states = states
         self.summary = summary
         self.dim = encoder.model.dim
@@ -161,6 +168,7 @@ class _BatchCommitter:
             width=known.width,
             height=known.height,
             embedding=known.embedding,
+            patches=known.patches,
         )
 
     def commit(self, batch: ReadBatch, image_size: int, limits: DecodeLimits) -> None:
@@ -223,7 +231,9 @@ class _BatchCommitter:
                 first_of[result.sha256] = len(unique)
                 unique.append(result)
         pixels = torch.stack([r.pixels for r in unique])  # type: ignore[misc]
-        embeddings = self.encoder.encode(pixels).embeddings
+        encoded = self.encoder.encode(pixels)
+        embeddings = encoded.embeddings
+        grids = pool_patches(encoded.patches, self.patch_grid) if self.patch_grid else None
         self.summary.embedded += len(unique)
         self.summary.model_batches += 1
         for result in decoded:
@@ -238,6 +248,7 @@ class _BatchCommitter:
                     width=result.width,
                     height=result.height,
                     embedding=np.asarray(embeddings[first_of[result.sha256]], dtype=np.float32),
+                    patches=None if grids is None else grids[first_of[result.sha256]],
                 )
             )
         return outcomes
@@ -255,7 +266,8 @@ def run_build(config: LoupeConfig, roots: Sequence[Path], *, show_progress: bool
     summary.image_size = model.image_size
     catalog = Catalog.open(config.resolved_db_url)
     try:
-        catalog.ensure_provenance(provenance_of(model))
+        patch_grid = effective_grid(model.grid_size, config.patches.grid) if config.patches.enabled else 0
+        catalog.ensure_provenance(provenance_of(model, patch_grid))
         _write_resolved_config(config)
 
         scanned = list(
@@ -278,7 +290,7 @@ def run_build(config: LoupeConfig, roots: Sequence[Path], *, show_progress: bool
         logger.info("%d files found, %d unchanged, %d to read", len(scanned), summary.unchanged, len(todo))
 
         processing_started = time.perf_counter()
-        committer = _BatchCommitter(catalog, Encoder(model, device), states, summary)
+        committer = _BatchCommitter(catalog, Encoder(model, device), states, summary, patch_grid)
         if todo:
             limits = DecodeLimits(max_pixels=config.decode.max_pixels, max_file_bytes=config.decode.max_file_bytes)
             dataset = PhotoDataset(todo, model.image_size, limits, frozenset(catalog.indexed_hashes()))
@@ -300,6 +312,9 @@ def run_build(config: LoupeConfig, roots: Sequence[Path], *, show_progress: bool
         summary.failures_by_reason = dict(committer.reasons)
 
         summary.index = sync_index(catalog, config.data_dir, config.index)
+        if patch_grid:
+            patches = PatchVectors(catalog, model.dim, patch_grid)
+            summary.patch_index = sync_index(catalog, config.data_dir, config.patches.index, patches)
     finally:
         catalog.close()
     summary.elapsed_s = time.perf_counter() - started

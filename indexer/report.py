@@ -11,7 +11,8 @@ import numpy as np
 from indexer.catalog import STATUS_INDEXED, Catalog, redact_url
 from indexer.config import LoupeConfig
 from indexer.errors import CatalogError, IndexFileError
-from indexer.vector_index import check_index, index_dir, read_meta
+from indexer.vector_index import IndexMeta, check_index, index_dir, read_meta
+from indexer.vector_source import patch_vectors_of
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +35,10 @@ def collection_status(config: LoupeConfig, *, with_failures: bool = False) -> di
         catalog.close()
     try:
         meta = read_meta(index_dir(config.data_dir))
+        patch_meta = read_meta(index_dir(config.data_dir), "patches") if provenance.patch_grid else None
     except IndexFileError as error:
         logger.warning("%s", error)
-        meta = None
+        meta = patch_meta = None
     status: dict[str, Any] = {
         "data_dir": str(config.data_dir.resolve()),
         "catalog": redact_url(config.resolved_db_url),
@@ -61,6 +63,7 @@ def collection_status(config: LoupeConfig, *, with_failures: bool = False) -> di
         "index_current": meta is not None and meta.revision == revision,
         "index_written_at": meta.written_at if meta is not None else None,
     }
+    status["patches"] = _patch_status(config, provenance.patch_grid, patch_meta)
     if with_failures:
         status["failures"] = [
             {"path": path, "reason": reason, "message": message} for path, reason, message in failed_files
@@ -68,6 +71,26 @@ def collection_status(config: LoupeConfig, *, with_failures: bool = False) -> di
     if status["random_weights"]:
         status["warning"] = RANDOM_WEIGHTS_WARNING
     return status
+
+
+def _patch_status(config: LoupeConfig, grid: int, meta: IndexMeta | None) -> dict[str, Any]:
+    """Patch vectors at a glance; bytes per image is the index file's size over its photos, which is
+    what the index costs in memory once loaded."""
+    if grid == 0:
+        return {"enabled": False}
+    index_bytes = (index_dir(config.data_dir) / meta.file).stat().st_size if meta is not None else 0
+    items = meta.items if meta is not None else 0
+    return {
+        "enabled": True,
+        "grid": grid,
+        "vectors": meta.ntotal if meta is not None else 0,
+        "images": items,
+        "index_type": meta.spec.factory_string if meta is not None else None,
+        "index_bytes": index_bytes,
+        "bytes_per_image": round(index_bytes / items) if items else 0,
+        "nprobe": meta.nprobe if meta is not None else 0,
+        "recall_at_10": meta.recall_at_10 if meta is not None else None,
+    }
 
 
 @dataclass(frozen=True)
@@ -99,6 +122,9 @@ def verify_collection(config: LoupeConfig) -> VerifyResult:
         except CatalogError as error:
             problems = [str(error)]
         problems.extend(check_index(catalog, config.data_dir))
+        patches = patch_vectors_of(catalog)
+        if patches is not None:
+            problems.extend(check_index(catalog, config.data_dir, source=patches))
         counts = catalog.counts()
     finally:
         catalog.close()

@@ -40,6 +40,9 @@ def summary_to_dict(summary: BuildSummary) -> dict[str, Any]:
             "removed": index.removed,
             "rebuilt": index.rebuilt,
         },
+        "patch_index": None
+        if summary.patch_index is None
+        else {"type": summary.patch_index.spec.factory_string, "vectors": summary.patch_index.ntotal},
     }
     if summary.weights_kind == "random":
         data["warning"] = RANDOM_WEIGHTS_WARNING
@@ -61,6 +64,10 @@ def build_summary_lines(summary: BuildSummary) -> list[str]:
         index = summary.index
         action = "rebuilt" if index.rebuilt else ("updated" if index.wrote else "unchanged")
         lines.append(f"  index {index.spec.factory_string}: {index.ntotal} vectors ({action})")
+    if summary.patch_index is not None:
+        patches = summary.patch_index
+        action = "rebuilt" if patches.rebuilt else ("updated" if patches.wrote else "unchanged")
+        lines.append(f"  patch index {patches.spec.factory_string}: {patches.ntotal} vectors ({action})")
     if summary.weights_kind == "random":
         lines.append(f"WARNING: {RANDOM_WEIGHTS_WARNING}")
     return lines
@@ -80,6 +87,14 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         f"index state  {'current' if status['index_current'] else 'BEHIND the catalog: run python -m indexer reindex'}"
         f" (catalog revision {status['catalog_revision']})",
     ]
+    patches = status["patches"]
+    if patches["enabled"]:
+        lines.append(
+            f"patches      {patches['vectors']} vectors ({patches['grid']}x{patches['grid']} per photo) in "
+            f"{patches['index_type']}, {patches['bytes_per_image'] / 1024:.1f} KB per photo"
+        )
+    else:
+        lines.append("patches      off (built with --no-patches: no region search)")
     if status["failures_by_reason"]:
         reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(status["failures_by_reason"].items()))
         lines.append(f"failures     {reasons}")

@@ -25,9 +25,10 @@ import numpy as np
 import numpy.typing as npt
 from faiss.contrib.inspect_tools import get_invlist
 
-from indexer.catalog import Catalog, Provenance
+from indexer.catalog import Catalog
 from indexer.config import IndexConfig
 from indexer.errors import IndexFileError
+from indexer.vector_source import GlobalVectors, VectorSource
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +45,12 @@ class IndexSpec:
     kind: IndexKind
     nlist: int = 0
     pq_bytes: int = 0
+    codec: str = "Flat"
 
     @property
     def factory_string(self) -> str:
         if self.kind == "flat":
-            return "IDMap2,Flat"
+            return f"IDMap2,{self.codec}"
         if self.kind == "ivf_flat":
             return f"IVF{self.nlist},Flat"
         # "np": no polysemous training, which only serves Hamming-filtered search and costs minutes.
@@ -71,7 +73,7 @@ def choose_index_spec(n_vectors: int, dim: int, config: IndexConfig) -> IndexSpe
     product-quantised codes from ``compress_above`` on, where full vectors would crowd out RAM.
     """
     if n_vectors < max(config.exact_below, 2 * config.min_points_per_list):
-        return IndexSpec(kind="flat")
+        return IndexSpec(kind="flat", codec=config.exact_codec)
     ideal = round(config.lists_per_sqrt * math.sqrt(n_vectors))
     nlist = max(1, min(ideal, n_vectors // config.min_points_per_list))
     if n_vectors >= config.compress_above:
@@ -81,7 +83,7 @@ def choose_index_spec(n_vectors: int, dim: int, config: IndexConfig) -> IndexSpe
 
 def needs_rebuild(current: IndexSpec, desired: IndexSpec, growth: float) -> bool:
     """Whether the trained index no longer suits the collection (other kind, or lists off by ``growth``)."""
-    if current.kind != desired.kind or current.pq_bytes != desired.pq_bytes:
+    if current.kind != desired.kind or current.pq_bytes != desired.pq_bytes or current.codec != desired.codec:
         return True
     if not current.is_ivf:
         return False
@@ -90,7 +92,7 @@ def needs_rebuild(current: IndexSpec, desired: IndexSpec, growth: float) -> bool
 
 @dataclass(frozen=True)
 class IndexMeta:
-    """Contents of ``global.json``."""
+    """Contents of the pointer file (``global.json``, ``patches.json``)."""
 
     file: str
     catalog_id: str
@@ -108,10 +110,12 @@ class IndexMeta:
     # recall@10 against exact search on a seeded sample, and the collection size it was measured at.
     recall_at_10: float | None = None
     recall_ntotal: int = 0
+    codec: str = "Flat"
+    items: int = 0
 
     @property
     def spec(self) -> IndexSpec:
-        return IndexSpec(kind=self.kind, nlist=self.nlist, pq_bytes=self.pq_bytes)
+        return IndexSpec(kind=self.kind, nlist=self.nlist, pq_bytes=self.pq_bytes, codec=self.codec)
 
 
 @dataclass
@@ -136,9 +140,9 @@ def index_dir(data_dir: Path) -> Path:
     return data_dir / "index"
 
 
-def read_meta(directory: Path) -> IndexMeta | None:
+def read_meta(directory: Path, name: str = "global") -> IndexMeta | None:
     """The pointer file, or None when no index has been written yet."""
-    path = directory / META_FILE
+    path = directory / f"{name}.json"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -160,9 +164,9 @@ def set_nprobe(index: faiss.Index, nprobe: int) -> None:
     ivf.nprobe = min(nprobe, ivf.nlist)
 
 
-def load_index(directory: Path, nprobe: int | None = None) -> LoadedIndex | None:
+def load_index(directory: Path, nprobe: int | None = None, name: str = "global") -> LoadedIndex | None:
     """Read the current index, or None when none was written yet."""
-    meta = read_meta(directory)
+    meta = read_meta(directory, name)
     if meta is None:
         return None
     path = directory / meta.file
@@ -193,10 +197,10 @@ def _write_bytes_atomically(path: Path, write: Callable[[Path], None]) -> None:
         temporary.unlink(missing_ok=True)
 
 
-def write_index(directory: Path, index: faiss.Index, meta: IndexMeta) -> IndexMeta:
-    """Write ``index`` under a fresh name, then atomically repoint ``global.json`` to it."""
+def write_index(directory: Path, index: faiss.Index, meta: IndexMeta, name: str = "global") -> IndexMeta:
+    """Write ``index`` under a fresh name, then atomically repoint ``<name>.json`` to it."""
     directory.mkdir(parents=True, exist_ok=True)
-    file_name = f"global-r{meta.revision}-{uuid.uuid4().hex[:8]}.faiss"
+    file_name = f"{name}-r{meta.revision}-{uuid.uuid4().hex[:8]}.faiss"
     _write_bytes_atomically(directory / file_name, lambda path: faiss.write_index(index, str(path)))
     final = IndexMeta(**{**asdict(meta), "file": file_name, "ntotal": int(index.ntotal)})
     text = json.dumps(asdict(final), indent=2)
@@ -204,9 +208,9 @@ def write_index(directory: Path, index: faiss.Index, meta: IndexMeta) -> IndexMe
     def write_meta(path: Path) -> None:
         path.write_text(text, encoding="utf-8")
 
-    _write_bytes_atomically(directory / META_FILE, write_meta)
+    _write_bytes_atomically(directory / f"{name}.json", write_meta)
     _fsync_dir(directory)
-    for old in directory.glob("global-*.faiss"):
+    for old in directory.glob(f"{name}-r*.faiss"):
         if old.name != file_name:
             old.unlink(missing_ok=True)
     return final
@@ -240,58 +244,54 @@ def _train(index: faiss.Index, training: npt.NDArray[np.float32], use_gpu: bool)
         faiss.extract_index_ivf(index).clustering_index = None  # type: ignore[assignment]
 
 
-def build_index(
-    catalog: Catalog, provenance: Provenance, config: IndexConfig, spec: IndexSpec
-) -> tuple[faiss.Index, int]:
-    """A new index of the given shape holding every indexed vector of the catalog; also returns the
-    number of vectors it was trained on."""
-    dim = provenance.dim
-    index = faiss.index_factory(dim, spec.factory_string, faiss.METRIC_INNER_PRODUCT)
+def build_index(source: VectorSource, config: IndexConfig, spec: IndexSpec) -> tuple[faiss.Index, int]:
+    """A new index of the given shape holding every vector of ``source``; also returns the number of
+    vectors it was trained on (IVF, and scalar-quantised codes, learn from a seeded sample)."""
+    index = faiss.index_factory(source.dim, spec.factory_string, faiss.METRIC_INNER_PRODUCT)
     trained_on = 0
-    if spec.is_ivf:
-        ids, _ = catalog.indexed_ids()
+    if not index.is_trained:
+        ids, _ = source.item_ids()
         rng = np.random.default_rng(TRAIN_SEED)
-        sample_size = min(len(ids), config.max_train_points)
-        sample = np.sort(rng.choice(ids, size=sample_size, replace=False))
-        training = np.concatenate([vectors for _, vectors in catalog.embeddings_for(sample, dim)])
-        _train(index, training, config.use_gpu)
-        trained_on = sample_size
-    for ids, vectors in catalog.iter_embeddings(dim):
+        items = min(len(ids), max(1, config.max_train_points // source.vectors_per_item))
+        sample = np.sort(rng.choice(ids, size=items, replace=False))
+        training = np.concatenate([vectors for _, vectors in source.vectors_for(sample)])
+        _train(index, training, config.use_gpu and spec.is_ivf)
+        trained_on = len(training)
+    for ids, vectors in source.iter_vectors():
         index.add_with_ids(vectors, ids)
     set_nprobe(index, config.nprobe)
     return index, trained_on
 
 
 def _caught_up(
-    catalog: Catalog, provenance: Provenance, loaded: LoadedIndex | None, config: IndexConfig
+    source: VectorSource, catalog_id: str, revision: int, loaded: LoadedIndex | None, config: IndexConfig
 ) -> tuple[faiss.Index, IndexMeta, SyncReport]:
     """``loaded`` brought up to the catalog in memory (or a fresh index when none fits)."""
-    revision = catalog.revision()
-    ids, vector_revisions = catalog.indexed_ids()
-    desired = choose_index_spec(len(ids), provenance.dim, config)
+    ids, vector_revisions = source.item_ids()
+    desired = choose_index_spec(len(ids) * source.vectors_per_item, source.dim, config)
     if (
         loaded is None
-        or loaded.meta.catalog_id != provenance.catalog_id
-        or loaded.meta.dim != provenance.dim
+        or loaded.meta.catalog_id != catalog_id
+        or loaded.meta.dim != source.dim
         or needs_rebuild(loaded.meta.spec, desired, config.retrain_growth)
     ):
-        index, trained_on = build_index(catalog, provenance, config, desired)
-        meta = _new_meta(provenance, revision, desired, trained_on, config.nprobe)
-        report = SyncReport(int(index.ntotal), 0, rebuilt=True, ntotal=int(index.ntotal), spec=desired, wrote=True)
+        index, trained_on = build_index(source, config, desired)
+        meta = _new_meta(catalog_id, source.dim, revision, desired, trained_on, config.nprobe, len(ids))
+        report = SyncReport(len(ids), 0, rebuilt=True, ntotal=int(index.ntotal), spec=desired, wrote=True)
         return index, meta, report
 
     index, meta = loaded.index, loaded.meta
-    present = index_ids(index)
+    present = np.unique(source.items_of(index_ids(index)))
     stale = ids[vector_revisions > meta.revision]
     to_remove = np.union1d(np.setdiff1d(present, ids), np.intersect1d(stale, present))
     to_add = np.union1d(np.setdiff1d(ids, present), stale)
     changed = len(to_remove) > 0 or len(to_add) > 0 or meta.revision != revision or meta.nprobe_floor != config.nprobe
     if len(to_remove):
-        index.remove_ids(faiss.IDSelectorBatch(to_remove.astype(np.int64)))
-    for chunk_ids, vectors in catalog.embeddings_for(to_add, provenance.dim):
+        index.remove_ids(faiss.IDSelectorBatch(source.vector_ids_of(to_remove)))
+    for chunk_ids, vectors in source.vectors_for(to_add):
         index.add_with_ids(vectors, chunk_ids)
     if changed:
-        meta = replace(meta, revision=revision, ntotal=int(index.ntotal))
+        meta = replace(meta, revision=revision, ntotal=int(index.ntotal), items=len(ids))
         if meta.nprobe_floor != config.nprobe:
             meta = replace(meta, nprobe=config.nprobe, nprobe_floor=config.nprobe, recall_ntotal=0)
     report = SyncReport(
@@ -300,47 +300,52 @@ def _caught_up(
     return index, meta, report
 
 
-def current_index(catalog: Catalog, data_dir: Path, config: IndexConfig) -> tuple[faiss.Index, IndexMeta]:
-    """The index as the catalog says it should be, in memory, without writing anything: what a reader
-    uses while a build is running or after one was killed before it wrote the FAISS files."""
+def _source(catalog: Catalog, source: VectorSource | None) -> tuple[VectorSource, str]:
     provenance = catalog.provenance()
     if provenance is None:
         raise IndexFileError("the catalog is empty: build an index first")
-    loaded = load_index(index_dir(data_dir))
-    index, meta, _ = _caught_up(catalog, provenance, loaded, config)
+    return (source if source is not None else GlobalVectors(catalog, provenance.dim)), provenance.catalog_id
+
+
+def current_index(
+    catalog: Catalog, data_dir: Path, config: IndexConfig, source: VectorSource | None = None
+) -> tuple[faiss.Index, IndexMeta]:
+    """The index as the catalog says it should be, in memory, without writing anything: what a reader
+    uses while a build is running or after one was killed before it wrote the FAISS files."""
+    source, catalog_id = _source(catalog, source)
+    loaded = load_index(index_dir(data_dir), name=source.name)
+    index, meta, _ = _caught_up(source, catalog_id, catalog.revision(), loaded, config)
     set_nprobe(index, meta.nprobe)
     return index, meta
 
 
-def sync_index(catalog: Catalog, data_dir: Path, config: IndexConfig) -> SyncReport:
+def sync_index(catalog: Catalog, data_dir: Path, config: IndexConfig, source: VectorSource | None = None) -> SyncReport:
     """Bring the FAISS files up to the catalog: add new vectors, drop removed or re-embedded ones, and
     rebuild (retrain) when the collection outgrew the index's shape. Writes only when something changed;
     re-measures recall (and re-tunes nprobe) when the collection changed by 10% since it was measured."""
-    provenance = catalog.provenance()
-    if provenance is None:
-        raise IndexFileError("the catalog is empty: build an index first")
+    source, catalog_id = _source(catalog, source)
     try:
-        loaded = load_index(index_dir(data_dir))
+        loaded = load_index(index_dir(data_dir), name=source.name)
     except IndexFileError as error:
-        logger.warning("rebuilding the index: %s", error)
+        logger.warning("rebuilding the %s index: %s", source.name, error)
         loaded = None
-    index, meta, report = _caught_up(catalog, provenance, loaded, config)
+    index, meta, report = _caught_up(source, catalog_id, catalog.revision(), loaded, config)
     if not report.wrote:
         return report
     if meta.recall_at_10 is None or abs(meta.ntotal - meta.recall_ntotal) >= 0.1 * max(meta.recall_ntotal, 1):
-        meta = tune_nprobe(index, meta, catalog, provenance.dim, config.target_recall)
-    write_index(index_dir(data_dir), index, meta)
+        meta = tune_nprobe(index, meta, source, config.target_recall)
+    write_index(index_dir(data_dir), index, meta, source.name)
     return report
 
 
-def rebuild_index(catalog: Catalog, data_dir: Path, config: IndexConfig) -> SyncReport:
+def rebuild_index(
+    catalog: Catalog, data_dir: Path, config: IndexConfig, source: VectorSource | None = None
+) -> SyncReport:
     """Throw the FAISS files away and rebuild them from the catalog (``indexer reindex``)."""
-    provenance = catalog.provenance()
-    if provenance is None:
-        raise IndexFileError("the catalog is empty: build an index first")
-    index, meta, report = _caught_up(catalog, provenance, None, config)
-    meta = tune_nprobe(index, meta, catalog, provenance.dim, config.target_recall)
-    write_index(index_dir(data_dir), index, meta)
+    source, catalog_id = _source(catalog, source)
+    index, meta, report = _caught_up(source, catalog_id, catalog.revision(), None, config)
+    meta = tune_nprobe(index, meta, source, config.target_recall)
+    write_index(index_dir(data_dir), index, meta, source.name)
     return report
 
 
@@ -348,16 +353,14 @@ RECALL_QUERIES = 500
 RECALL_K = 10
 
 
-def exact_top_k(
-    catalog: Catalog, dim: int, queries: npt.NDArray[np.float32], k: int
-) -> tuple[npt.NDArray[np.float32], Ids]:
-    """Exact inner-product top-k over every catalog vector, streamed in chunks (on GPUs when present)."""
+def exact_top_k(source: VectorSource, queries: npt.NDArray[np.float32], k: int) -> tuple[npt.NDArray[np.float32], Ids]:
+    """Exact inner-product top-k over every vector of ``source``, streamed in chunks (on GPUs when present)."""
     from faiss.contrib.exhaustive_search import knn_ground_truth
 
     chunk_ids: list[Ids] = []
 
     def blocks() -> Iterator[npt.NDArray[np.float32]]:
-        for ids, vectors in catalog.iter_embeddings(dim, chunk=20_000):
+        for ids, vectors in source.iter_vectors():
             chunk_ids.append(ids)
             yield vectors
 
@@ -375,16 +378,22 @@ def recall_at_k(index: faiss.Index, queries: npt.NDArray[np.float32], exact_scor
     return float(np.minimum((scores >= kth).sum(axis=1), k).sum() / exact_scores.size)
 
 
-def tune_nprobe(index: faiss.Index, meta: IndexMeta, catalog: Catalog, dim: int, target: float) -> IndexMeta:
+def tune_nprobe(index: faiss.Index, meta: IndexMeta, source: VectorSource, target: float) -> IndexMeta:
     """Measure recall@10 on a seeded sample of the collection against exact search and, for IVF, double
-    nprobe from the configured floor until the recall reaches ``target`` (or every list is visited)."""
-    ids, _ = catalog.indexed_ids()
-    if meta.kind == "flat" or len(ids) <= RECALL_K:
-        return replace(meta, recall_at_10=1.0, recall_ntotal=int(index.ntotal))
+    nprobe from the configured floor until the recall reaches ``target`` (or every list is visited).
+    Exact indexes of full vectors have recall 1 by construction; compressed ones are measured too."""
+    ntotal = int(index.ntotal)
+    if ntotal <= RECALL_K or (meta.kind == "flat" and meta.codec == "Flat"):
+        return replace(meta, recall_at_10=1.0, recall_ntotal=ntotal)
+    ids, _ = source.item_ids()
     rng = np.random.default_rng(TRAIN_SEED + 1)
-    sample = np.sort(rng.choice(ids, size=min(RECALL_QUERIES, len(ids)), replace=False))
-    queries = np.concatenate([vectors for _, vectors in catalog.embeddings_for(sample, dim)])
-    exact_scores, _ = exact_top_k(catalog, dim, queries, RECALL_K)
+    items = np.sort(rng.choice(ids, size=min(len(ids), RECALL_QUERIES), replace=False))
+    candidates = np.concatenate([vectors for _, vectors in source.vectors_for(items)])
+    queries = candidates[np.sort(rng.choice(len(candidates), size=min(RECALL_QUERIES, len(candidates)), replace=False))]
+    exact_scores, _ = exact_top_k(source, queries, RECALL_K)
+    if meta.kind == "flat":
+        recall = recall_at_k(index, queries, exact_scores)
+        return replace(meta, recall_at_10=round(recall, 4), recall_ntotal=ntotal)
     ivf = faiss.extract_index_ivf(index)
     nprobe = min(max(meta.nprobe_floor, 1), ivf.nlist)
     while True:
@@ -393,85 +402,101 @@ def tune_nprobe(index: faiss.Index, meta: IndexMeta, catalog: Catalog, dim: int,
         if recall >= target or nprobe >= ivf.nlist:
             break
         nprobe = min(ivf.nlist, nprobe * 2)
-    logger.info("recall@10 %.3f at nprobe %d of %d lists", recall, nprobe, ivf.nlist)
-    return replace(meta, nprobe=nprobe, recall_at_10=round(recall, 4), recall_ntotal=int(index.ntotal))
+    logger.info("%s index: recall@10 %.3f at nprobe %d of %d lists", source.name, recall, nprobe, ivf.nlist)
+    return replace(meta, nprobe=nprobe, recall_at_10=round(recall, 4), recall_ntotal=ntotal)
 
 
-def _new_meta(provenance: Provenance, revision: int, spec: IndexSpec, trained_on: int, nprobe: int) -> IndexMeta:
+def _new_meta(
+    catalog_id: str, dim: int, revision: int, spec: IndexSpec, trained_on: int, nprobe: int, items: int
+) -> IndexMeta:
     return IndexMeta(
-        nprobe_floor=nprobe,
         file="",
-        catalog_id=provenance.catalog_id,
+        catalog_id=catalog_id,
         revision=revision,
         ntotal=0,
-        dim=provenance.dim,
+        dim=dim,
         kind=spec.kind,
         nlist=spec.nlist,
         pq_bytes=spec.pq_bytes,
+        codec=spec.codec,
         trained_on=trained_on,
         nprobe=nprobe,
+        nprobe_floor=nprobe,
+        items=items,
         written_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
 
 
-def check_index(catalog: Catalog, data_dir: Path, sample: int = 200) -> list[str]:
+def check_index(catalog: Catalog, data_dir: Path, sample: int = 200, source: VectorSource | None = None) -> list[str]:
     """Every way the FAISS files disagree with the catalog (empty when they agree)."""
     provenance = catalog.provenance()
     if provenance is None:
         return ["the catalog has no provenance: no index was ever built here"]
+    if source is None:
+        source = GlobalVectors(catalog, provenance.dim)
+    name = source.name
     directory = index_dir(data_dir)
     try:
-        loaded = load_index(directory)
+        loaded = load_index(directory, name=name)
     except IndexFileError as error:
         return [str(error)]
     if loaded is None:
-        return [f"no index files in {directory}: run `python -m indexer reindex`"]
+        return [f"no {name} index files in {directory}: run `python -m indexer reindex`"]
     index, meta = loaded.index, loaded.meta
     problems: list[str] = []
     if meta.catalog_id != provenance.catalog_id:
-        problems.append(f"index belongs to catalog {meta.catalog_id}, not {provenance.catalog_id}")
-    if meta.dim != provenance.dim or index.d != provenance.dim:
-        problems.append(f"index has dimension {index.d}, catalog vectors have {provenance.dim}")
+        problems.append(f"{name} index belongs to catalog {meta.catalog_id}, not {provenance.catalog_id}")
+    if meta.dim != source.dim or index.d != source.dim:
+        problems.append(f"{name} index has dimension {index.d}, catalog vectors have {source.dim}")
         return problems
     revision = catalog.revision()
     if meta.revision != revision:
-        problems.append(f"index reflects catalog revision {meta.revision}, catalog is at {revision}")
-    ids, _ = catalog.indexed_ids()
+        problems.append(f"{name} index reflects catalog revision {meta.revision}, catalog is at {revision}")
+    items, _ = source.item_ids()
+    expected = source.vector_ids_of(items)
     present = index_ids(index)
     unique, counts = np.unique(present, return_counts=True)
     if (counts > 1).any():
+        first_repeat = int(unique[counts > 1][0])
         problems.append(
-            f"{int((counts > 1).sum())} ids stored more than once in the index (first: {int(unique[counts > 1][0])})"
+            f"{int((counts > 1).sum())} ids stored more than once in the {name} index (first: {first_repeat})"
         )
-    missing = np.setdiff1d(ids, unique)
-    extra = np.setdiff1d(unique, ids)
+    missing = np.setdiff1d(expected, unique)
+    extra = np.setdiff1d(unique, expected)
     if len(missing):
-        problems.append(f"{len(missing)} indexed photos missing from the index (first id: {int(missing[0])})")
+        first = int(source.items_of(missing[:1])[0])
+        problems.append(
+            f"{len(missing)} vectors of indexed photos missing from the {name} index (first photo id: {first})"
+        )
     if len(extra):
-        problems.append(f"{len(extra)} index vectors with no indexed photo in the catalog (first id: {int(extra[0])})")
-    if index.ntotal != len(ids):
-        problems.append(f"index holds {index.ntotal} vectors, catalog has {len(ids)} indexed photos")
-    problems.extend(_check_vectors(catalog, index, meta, np.intersect1d(ids, unique), provenance.dim, sample))
+        first = int(source.items_of(extra[:1])[0])
+        problems.append(
+            f"{len(extra)} {name} index vectors with no indexed photo in the catalog (first photo id: {first})"
+        )
+    if index.ntotal != len(expected):
+        problems.append(f"{name} index holds {index.ntotal} vectors, the catalog has {len(expected)}")
+    present_items = np.intersect1d(items, np.unique(source.items_of(unique)))
+    problems.extend(_check_vectors(source, index, meta, present_items, sample))
     return problems
 
 
-def _check_vectors(catalog: Catalog, index: faiss.Index, meta: IndexMeta, ids: Ids, dim: int, sample: int) -> list[str]:
-    """Compare a seeded sample of stored vectors with the catalog's embeddings."""
-    if len(ids) == 0:
+def _check_vectors(source: VectorSource, index: faiss.Index, meta: IndexMeta, items: Ids, sample: int) -> list[str]:
+    """Compare the stored vectors of a seeded sample of photos with the catalog's."""
+    if len(items) == 0:
         return []
     rng = np.random.default_rng(0)
-    picked = np.sort(rng.choice(ids, size=min(sample, len(ids)), replace=False))
+    picked = np.sort(rng.choice(items, size=min(max(1, sample // source.vectors_per_item), len(items)), replace=False))
     if meta.kind != "flat":
         # reconstruct() by id needs a direct map; a hashtable one takes arbitrary (catalog) ids.
         faiss.extract_index_ivf(index).set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
-    # Product-quantised codes only approximate the vector; full vectors must match to rounding.
-    threshold = 0.9 if meta.kind == "ivf_pq" else 0.9999
+    # Compressed codes only approximate a vector; full vectors must match to rounding.
+    threshold = 0.9999 if meta.codec == "Flat" and meta.kind != "ivf_pq" else 0.8
     bad: list[int] = []
-    for chunk_ids, vectors in catalog.embeddings_for(picked, dim):
-        for id_, vector in zip(chunk_ids, vectors, strict=True):
-            stored = index.reconstruct(int(id_))
-            if float(np.dot(stored, vector)) < threshold:
-                bad.append(int(id_))
+    for chunk_ids, vectors in source.vectors_for(picked):
+        for vector_id, vector in zip(chunk_ids, vectors, strict=True):
+            if float(np.dot(index.reconstruct(int(vector_id)), vector)) < threshold:
+                bad.append(int(vector_id))
     if bad:
-        return [f"{len(bad)} of {len(picked)} sampled index vectors differ from the catalog's (first id: {bad[0]})"]
+        first = int(source.items_of(np.asarray(bad[:1]))[0])
+        return [f"{len(bad)} sampled {source.name} index vectors differ from the catalog's (first photo id: {first})"]
     return []

@@ -1,0 +1,27 @@
+"""Patch grids for region retrieval: the model's patch tokens average-pooled to a coarser grid.
+
+At 512 px the model sees 32x32 patches of 16 px. Pooling to 16x16 cells (32 px each) keeps objects
+down to about a sixteenth of the photo's side findable while cutting the vectors 4x; each cell is
+L2-normalised so inner product is cosine, like the global embedding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+PatchGrids = npt.NDArray[np.float16]
+
+
+def effective_grid(model_grid: int, wanted: int) -> int:
+    """The pooled grid: the configured one, never finer than the model's own."""
+    return max(1, min(model_grid, wanted))
+
+
+def pool_patches(patches: torch.Tensor, grid: int) -> PatchGrids:
+    """``[B, G, G, D]`` patch tokens -> ``[B, grid, grid, D]`` float16 unit vectors (average pooling)."""
+    channels_first = patches.permute(0, 3, 1, 2).float()
+    pooled = torch.nn.functional.adaptive_avg_pool2d(channels_first, (grid, grid)).permute(0, 2, 3, 1)
+    normalised = torch.nn.functional.normalize(pooled, dim=-1)
+    return normalised.cpu().numpy().astype(np.float16)
