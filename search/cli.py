@@ -123,6 +123,57 @@ def main_similar(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# region ------------------------------------------------------------------------------------------
+
+
+def _box(text: str) -> tuple[int, int, int, int]:
+    parts = text.split(",")
+    try:
+        x0, y0, x1, y1 = (round(float(part)) for part in parts)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected x0,y0,x1,y1 in pixels, got {text!r}") from error
+    if x1 <= x0 or y1 <= y0 or min(x0, y0) < 0:
+        raise argparse.ArgumentTypeError(f"a box needs 0 <= x0 < x1 and 0 <= y0 < y1, got {text!r}")
+    return (x0, y0, x1, y1)
+
+
+def setup_region(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image", type=Path, metavar="IMAGE", help="query image file")
+    parser.add_argument(
+        "--box", type=_box, metavar="x0,y0,x1,y1", help="the region, in the image's pixels (default: whole image)"
+    )
+    parser.add_argument("-k", type=_k, help="number of results (config: search.default_k)")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--heatmaps", action="store_true", help="with --json: add each result's per-cell heatmap")
+    _add_common(parser)
+
+
+def main_region(args: argparse.Namespace) -> int:
+    from search.region import search_region
+
+    engine = _open(args)
+    try:
+        found = search_region(engine, args.image, args.box, args.k)
+    finally:
+        engine.close()
+    query = str(args.image.resolve())
+    if args.json:
+        payload = {
+            "query": query,
+            "box": list(found.query_box),
+            "results": [match.to_dict(with_heatmap=args.heatmaps) for match in found.matches],
+        }
+        print(json.dumps(payload, indent=2))
+        return EXIT_OK
+    x0, y0, x1, y1 = found.query_box
+    print(f"query: {query} ({found.query_width}x{found.query_height}), region {x0},{y0},{x1},{y1} (snapped to cells)")
+    print(f"{'rank':>4}  {'score':>7}  {'matched box':>21}  {'size':>11}  path")
+    for m in found.matches:
+        box = ",".join(str(v) for v in m.box)
+        print(f"{m.rank:>4}  {m.score:>7.4f}  {box:>21}  {f'{m.width}x{m.height}':>11}  {m.path}")
+    return EXIT_OK
+
+
 # duplicates --------------------------------------------------------------------------------------
 
 DUPLICATE_CSV_FIELDS = ["group", "member", "original", "exact", "score", "width", "height", "size_bytes", "id", "path"]
@@ -237,6 +288,7 @@ def main_lookup(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "query": ("photos most similar to an image file", setup_query, main_query),
     "similar": ("photos most similar to an indexed photo (by path or id)", setup_similar, main_similar),
+    "region": ("photos that contain a region of an image, with the matched box", setup_region, main_region),
     "duplicates": ("groups of near-identical photos, suggested original first", setup_duplicates, main_duplicates),
     "lookup": ("best matches for every image in a folder of queries", setup_lookup, main_lookup),
 }
@@ -244,6 +296,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
 EPILOG = """examples:
   python -m search query holiday.jpg -k 20
   python -m search similar /photos/2019/img_0042.jpg --under /photos/2020 --json
+  python -m search region poster.jpg --box 120,80,360,300 --json
   python -m search duplicates --threshold 0.97 --csv > duplicates.csv
   python -m search lookup incoming/ -k 3 --csv matches.csv
 """

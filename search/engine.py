@@ -28,6 +28,7 @@ from indexer.config import RESOLVED_CONFIG_FILE, LoupeConfig, ModelConfig, confi
 from indexer.decode import DecodeLimits, decode_image, read_image_bytes
 from indexer.errors import ConfigError, DecodeError, LoupeError, ProvenanceMismatchError
 from indexer.vector_index import IndexMeta, current_index
+from indexer.vector_source import PatchVectors
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +62,14 @@ class SearchResult:
 
 @dataclass(frozen=True)
 class QueryImage:
-    """An encoded query: its vector and, when it came from bytes, their sha256 (for the exact label)."""
+    """An encoded query: its vector, its pooled patch grid (when the index has patches), its size in
+    pixels (after EXIF orientation) and, when it came from bytes, their sha256 (for the exact label)."""
 
     vector: Vector
     sha256: str | None
     width: int
     height: int
+    patches: npt.NDArray[np.float32] | None = None
 
 
 def match_label(score: float, same_content: bool, near_duplicate_threshold: float) -> MatchLabel:
@@ -100,6 +103,7 @@ class SearchEngine:
         self._lock = threading.RLock()
         self._index: faiss.Index | None = None
         self._meta: IndexMeta | None = None
+        self._patch_index: faiss.Index | None = None
         self._encoder: Any = None
         self._limits = DecodeLimits(
             max_pixels=min(config.decode.max_pixels, config.search.max_query_pixels),
@@ -135,7 +139,26 @@ class SearchEngine:
     def meta(self) -> IndexMeta:
         return self.current()[1]
 
+    @property
+    def patch_grid(self) -> int:
+        """Cells per side of the stored patch grids; 0 when the index was built without patches."""
+        return self.provenance.patch_grid
+
+    def patch_index(self) -> faiss.Index:
+        """The patch index as of the catalog's last commit."""
+        if not self.patch_grid:
+            raise QueryError("this index was built with --no-patches: region search needs patch vectors")
+        with self._lock:
+            self.current()
+            if self._patch_index is None:
+                source = PatchVectors(self.catalog, self.dim, self.patch_grid)
+                self._patch_index, _ = current_index(
+                    self.catalog, self.config.data_dir, self.config.patches.index, source
+                )
+            return self._patch_index
+
     def _refresh(self) -> None:
+        self._patch_index = None  # reloaded on the next region query
         index, meta = current_index(self.catalog, self.config.data_dir, self.config.index)
         if self.config.index.use_gpu and index.ntotal >= GPU_SEARCH_MIN_VECTORS and faiss.get_num_gpus() > 0:
             # Large collections search (and group duplicates) on the GPU; small ones are faster on the CPU.
@@ -179,12 +202,16 @@ class SearchEngine:
         return embeddings
 
     def encode_image(self, image: Image.Image, sha256: str | None = None) -> QueryImage:
-        """Encode an RGB-convertible PIL image exactly as the indexer encodes photos."""
+        """Encode an RGB-convertible PIL image exactly as the indexer encodes photos (patch grid included
+        when the index has patches)."""
+        from indexer.patches import pool_patches
         from indexer.preprocess import model_pixels
 
         size = self.provenance.image_size
         pixels = model_pixels(image.convert("RGB"), size).unsqueeze(0)
-        return QueryImage(self.encode_pixels(pixels)[0], sha256, image.width, image.height)
+        encoded = self._get_encoder().encode(pixels)
+        grid = pool_patches(encoded.patches, self.patch_grid)[0].astype(np.float32) if self.patch_grid else None
+        return QueryImage(encoded.embeddings[0], sha256, image.width, image.height, grid)
 
     def encode_bytes(self, data: bytes) -> QueryImage:
         """Decode (EXIF orientation, colour modes, limits) and encode image bytes."""

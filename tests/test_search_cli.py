@@ -102,3 +102,30 @@ def test_errors_are_messages(built: Path, tmp_path: Path) -> None:
     assert unreadable.returncode == 2 and "not-an-image" in unreadable.stderr and "Traceback" not in unreadable.stderr
     unknown = _search("similar", "/not/indexed.jpg", "--data-dir", str(built / "data"), cwd=built)
     assert unknown.returncode == 2 and "not an indexed photo" in unknown.stderr
+
+
+def test_region_json_carries_boxes(built: Path) -> None:
+    query = built / "photos" / "scikit-learn__flower.jpg"
+    payload = _json(
+        _search(
+            "region",
+            str(query),
+            "--box",
+            "0,0,320,427",
+            "-k",
+            "2",
+            "--json",
+            "--heatmaps",
+            "--data-dir",
+            str(built / "data"),
+            cwd=built,
+        )
+    )
+    assert payload["query"] == str(query.resolve()) and len(payload["box"]) == 4
+    first = payload["results"][0]
+    assert first["path"] == str(query.resolve()) and first["rank"] == 1
+    x0, y0, x1, y1 = first["box"]
+    assert 0 <= x0 < x1 <= 640 and 0 <= y0 < y1 <= 427 and x1 <= 400  # the left half, where it was cut
+    assert len(first["heatmap"]) == 4 and len(first["heatmap"][0]) == 4
+    bad = _search("region", str(query), "--box", "5,5,1,1", "--data-dir", str(built / "data"), cwd=built)
+    assert bad.returncode == 2 and "x0 < x1" in bad.stderr

@@ -1,0 +1,297 @@
+"""Region search: find every photo that contains a region of a query image, and where.
+
+1. Encode the query and take the cells of its pooled patch grid that the box covers (at least half of
+   a cell's area; at least the cell under the box's centre).
+2. Candidates: each query cell searches the patch index; a photo's candidate score is the sum over
+   query cells of its best cell match, so photos matching many parts of the region rise.
+3. Exact re-ranking from the stored grids of the best candidates: the query's block of cells is slid
+   over the candidate's grid at seven scales (0.5x to 2x, corrected for both photos' aspect ratios,
+   since each is squashed to a square); a placement scores the mean similarity of the cells it aligns.
+   The best placement is the match and its box; requiring the cells to line up in the same layout is
+   the spatial-consistency check that a bag of best matches lacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from indexer.vector_source import decode_cell_ids
+from search.engine import QueryError, QueryImage, SearchEngine
+
+logger = logging.getLogger(__name__)
+
+Box = tuple[int, int, int, int]
+Grid = npt.NDArray[np.float32]
+MIN_COVER = 0.25
+SCALES = tuple(2.0 ** (step / 3) for step in range(-3, 4))  # 0.5 ... 2, in steps of 2^(1/3)
+
+
+@dataclass(frozen=True)
+class CellBlock:
+    """The query cells a box covers: rows ``top..bottom-1``, columns ``left..right-1`` of a ``grid``."""
+
+    top: int
+    left: int
+    bottom: int
+    right: int
+    grid: int
+
+    @property
+    def rows(self) -> int:
+        return self.bottom - self.top
+
+    @property
+    def cols(self) -> int:
+        return self.right - self.left
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a query block matched in a photo's grid, in cells."""
+
+    score: float
+    top: int
+    left: int
+    rows: int
+    cols: int
+
+
+@dataclass(frozen=True)
+class RegionMatch:
+    """A photo that contains the region: its score, the matched box in its own pixels (after EXIF
+    orientation) and the per-cell similarity heatmap (``grid x grid``, best query cell per cell)."""
+
+    rank: int
+    id: int
+    path: str
+    score: float
+    box: Box
+    width: int
+    height: int
+    heatmap: Grid
+
+    def to_dict(self, with_heatmap: bool = False) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "rank": self.rank,
+            "id": self.id,
+            "path": self.path,
+            "score": self.score,
+            "box": list(self.box),
+            "width": self.width,
+            "height": self.height,
+        }
+        if with_heatmap:
+            data["heatmap"] = np.round(self.heatmap, 4).tolist()
+        return data
+
+
+@dataclass(frozen=True)
+class RegionResults:
+    """The query box actually used (snapped to whole cells, in the query's pixels) and the matches."""
+
+    query_box: Box
+    query_width: int
+    query_height: int
+    matches: list[RegionMatch]
+
+
+def cells_under_box(box: Box | None, width: int, height: int, grid: int) -> CellBlock:
+    """The block of grid cells covered by ``box`` (pixel coordinates of a ``width x height`` image).
+
+    A cell counts when the box covers at least half of it; a box smaller than that still gets the cell
+    under its centre. ``None`` means the whole image.
+    """
+    if box is None:
+        return CellBlock(0, 0, grid, grid, grid)
+    x0, y0, x1, y1 = box
+    x0, x1 = max(0, min(x0, x1)), min(width, max(x0, x1))
+    y0, y1 = max(0, min(y0, y1)), min(height, max(y0, y1))
+    if x1 <= x0 or y1 <= y0:
+        raise QueryError(f"box {box} does not overlap the {width}x{height} image")
+    cell_w, cell_h = width / grid, height / grid
+
+    def covered(start: float, end: float, size: float) -> list[int]:
+        return [i for i in range(grid) if min(end, (i + 1) * size) - max(start, i * size) >= MIN_COVER * size]
+
+    cols, rows = covered(x0, x1, cell_w), covered(y0, y1, cell_h)
+    if not cols:
+        cols = [min(grid - 1, int((x0 + x1) / 2 / cell_w))]
+    if not rows:
+        rows = [min(grid - 1, int((y0 + y1) / 2 / cell_h))]
+    return CellBlock(rows[0], cols[0], rows[-1] + 1, cols[-1] + 1, grid)
+
+
+def block_to_box(top: int, left: int, rows: int, cols: int, grid: int, width: int, height: int) -> Box:
+    """Pixel box of a block of cells in a ``width x height`` image squashed onto a ``grid``."""
+    return (
+        round(left * width / grid),
+        round(top * height / grid),
+        round((left + cols) * width / grid),
+        round((top + rows) * height / grid),
+    )
+
+
+def cell_coverage(box: Box | None, block: CellBlock, width: int, height: int) -> Grid:
+    """How much of each cell of ``block`` the box covers (0..1), ``[rows, cols]``."""
+    if box is None:
+        return np.ones((block.rows, block.cols), dtype=np.float32)
+    x0, y0, x1, y1 = box
+    cell_w, cell_h = width / block.grid, height / block.grid
+
+    def overlap(start: float, end: float, size: float, first: int, count: int) -> npt.NDArray[np.float32]:
+        edges = (np.arange(first, first + count) * size).astype(np.float32)
+        return np.clip(np.minimum(end, edges + size) - np.maximum(start, edges), 0, size) / size
+
+    rows = overlap(min(y0, y1), max(y0, y1), cell_h, block.top, block.rows)
+    cols = overlap(min(x0, x1), max(x0, x1), cell_w, block.left, block.cols)
+    return np.maximum(np.outer(rows, cols), 1e-3).astype(np.float32)
+
+
+def matched_box(
+    box: Box | None,
+    block: CellBlock,
+    placement: Placement,
+    query_size: tuple[int, int],
+    photo_size: tuple[int, int],
+    photo_grid: int,
+) -> Box:
+    """The query box carried through the placement (in cells of a ``photo_grid``) into the photo's
+    pixels, sub-cell precise: the box's fractional position inside its block of cells is kept."""
+    query_w, query_h = query_size
+    photo_w, photo_h = photo_size
+    grid = block.grid
+    if box is None:
+        box = (0, 0, query_w, query_h)
+    x0, y0, x1, y1 = (min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3]))
+
+    def carry(value: float, size: int, first: int, count: int, start: int, span: int, photo_extent: int) -> int:
+        in_block = value / size * grid - first  # query cells from the block's edge
+        in_photo = start + in_block * span / count  # photo cells
+        return round(float(np.clip(in_photo / photo_grid * photo_extent, 0, photo_extent)))
+
+    return (
+        carry(x0, query_w, block.left, block.cols, placement.left, placement.cols, photo_w),
+        carry(y0, query_h, block.top, block.rows, placement.top, placement.rows, photo_h),
+        carry(x1, query_w, block.left, block.cols, placement.left, placement.cols, photo_w),
+        carry(y1, query_h, block.top, block.rows, placement.top, placement.rows, photo_h),
+    )
+
+
+def best_placement(similarity: Grid, scale_rows: float, scale_cols: float, weights: Grid | None = None) -> Placement:
+    """Slide the query block over a photo's grid at every scale; return the best-scoring placement.
+
+    ``similarity`` is ``[rows, cols, g, g]``: each query cell against each photo cell. ``scale_rows`` and
+    ``scale_cols`` convert a length in query cells into photo cells at scale 1 (the aspect correction).
+    ``weights`` (``[rows, cols]``, e.g. how much of each cell the box covers) weight the mean.
+    """
+    rows, cols, grid, _ = similarity.shape
+    query_rows, query_cols = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    flat = similarity.reshape(rows * cols, grid, grid)
+    cell_index = np.arange(rows * cols)[:, None, None]
+    cell_weights = (np.ones(rows * cols) if weights is None else weights.ravel()).astype(np.float32)
+    cell_weights = (cell_weights / cell_weights.sum())[:, None, None]
+    best = Placement(-math.inf, 0, 0, 1, 1)
+    tried: set[tuple[int, int]] = set()
+    for scale in SCALES:
+        height = int(np.clip(round(rows * scale * scale_rows), 1, grid))
+        width = int(np.clip(round(cols * scale * scale_cols), 1, grid))
+        if (height, width) in tried:
+            continue
+        tried.add((height, width))
+        # Where each query cell lands inside a window of height x width photo cells.
+        offset_rows = ((query_rows.ravel() + 0.5) * height / rows).astype(int)
+        offset_cols = ((query_cols.ravel() + 0.5) * width / cols).astype(int)
+        window_rows = offset_rows[:, None] + np.arange(grid - height + 1)[None, :]
+        window_cols = offset_cols[:, None] + np.arange(grid - width + 1)[None, :]
+        scores = (flat[cell_index, window_rows[:, :, None], window_cols[:, None, :]] * cell_weights).sum(axis=0)
+        top, left = np.unravel_index(int(np.argmax(scores)), scores.shape)
+        score = float(scores[top, left])
+        if score > best.score:
+            best = Placement(score, int(top), int(left), height, width)
+    return best
+
+
+def _query_image(engine: SearchEngine, image: Image.Image | bytes | Path) -> QueryImage:
+    if isinstance(image, Path):
+        return engine.encode_file(image)
+    if isinstance(image, bytes | bytearray):
+        return engine.encode_bytes(bytes(image))
+    return engine.encode_image(image)
+
+
+def search_region(
+    engine: SearchEngine, image: Image.Image | bytes | Path, box: Box | None = None, k: int | None = None
+) -> RegionResults:
+    """Photos containing the ``box`` region of ``image`` (whole image when None), best first."""
+    k = k or engine.config.search.default_k
+    patch_index = engine.patch_index()
+    query = _query_image(engine, image)
+    if query.patches is None:  # pragma: no cover - patch_index() already refused
+        raise QueryError("the query has no patch grid")
+    grid = engine.patch_grid
+    block = cells_under_box(box, query.width, query.height, grid)
+    cells = query.patches[block.top : block.bottom, block.left : block.right].reshape(-1, engine.dim)
+    cells = np.ascontiguousarray(cells, dtype=np.float32)
+
+    settings = engine.config.patches
+    neighbours = min(settings.cell_neighbours, int(patch_index.ntotal))
+    scores, vector_ids = patch_index.search(cells, neighbours)
+    photo_ids, _ = decode_cell_ids(np.where(vector_ids >= 0, vector_ids, 0))
+    evidence: dict[int, npt.NDArray[np.float32]] = {}
+    for cell, (row_photos, row_scores, row_ids) in enumerate(zip(photo_ids, scores, vector_ids, strict=True)):
+        for photo_id, score, vector_id in zip(row_photos.tolist(), row_scores.tolist(), row_ids.tolist(), strict=True):
+            if vector_id < 0:
+                continue
+            best = evidence.setdefault(photo_id, np.zeros(len(cells), dtype=np.float32))
+            best[cell] = max(best[cell], score)
+    ranked = sorted(evidence, key=lambda photo_id: -float(evidence[photo_id].sum()))[: settings.candidates]
+
+    photos = engine.catalog.photos(ranked)
+    query_cells = cells.reshape(block.rows, block.cols, engine.dim)
+    coverage = cell_coverage(box, block, query.width, query.height)
+    matches: list[tuple[float, int, Box, Grid]] = []
+    for chunk_ids, grids in engine.catalog.patch_grids(ranked, engine.dim):
+        for photo_id, photo_grid in zip(chunk_ids.tolist(), grids, strict=True):
+            photo = photos.get(photo_id)
+            if photo is None:
+                continue
+            similarity = np.einsum("ijd,uvd->ijuv", query_cells, photo_grid.astype(np.float32))
+            placement = best_placement(
+                similarity,
+                scale_rows=query.height / max(photo.height, 1),
+                scale_cols=query.width / max(photo.width, 1),
+                weights=coverage,
+            )
+            photo_box = matched_box(
+                box, block, placement, (query.width, query.height), (photo.width, photo.height), grid
+            )
+            heatmap = similarity.reshape(-1, grid, grid).max(axis=0)
+            matches.append((placement.score, photo_id, photo_box, heatmap))
+    matches.sort(key=lambda match: (-match[0], match[1]))
+    query_box = block_to_box(block.top, block.left, block.rows, block.cols, grid, query.width, query.height)
+    return RegionResults(
+        query_box=query_box,
+        query_width=query.width,
+        query_height=query.height,
+        matches=[
+            RegionMatch(
+                rank=rank,
+                id=photo_id,
+                path=photos[photo_id].path,
+                score=score,
+                box=photo_box,
+                width=photos[photo_id].width,
+                height=photos[photo_id].height,
+                heatmap=heatmap,
+            )
+            for rank, (score, photo_id, photo_box, heatmap) in enumerate(matches[:k], start=1)
+        ],
+    )
