@@ -179,6 +179,10 @@ class SearchEngine:
 
     # Encoding ------------------------------------------------------------------------------------
 
+    def load_model(self) -> None:
+        """Load the model now instead of on the first image query (for long-lived servers)."""
+        self._get_encoder()
+
     def _get_encoder(self) -> Any:
         with self._lock:
             if self._encoder is None:

@@ -1,0 +1,1 @@
+"""Loupe's Streamlit UI (``streamlit run ui/app.py``)."""

@@ -1,0 +1,66 @@
+"""Duplicates review: groups of near-identical photos, the suggested original first, as CSV too."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import streamlit as st
+
+from search.cli import write_duplicates_csv
+from search.duplicates import DuplicateGroup, find_duplicate_groups
+from ui.components import limits_of
+from ui.state import require_engine
+from ui.thumbnails import thumbnail
+
+KEY = "duplicates"
+GROUPS_SHOWN = 50
+
+engine = require_engine()
+st.header("Near-duplicates")
+threshold = st.slider(
+    "Similarity threshold",
+    0.80,
+    1.0,
+    float(engine.config.search.near_duplicate_threshold),
+    0.005,
+    key=f"{KEY}-threshold",
+)
+cache_key = (threshold, engine.catalog.revision())
+if st.session_state.get(f"{KEY}-key") != cache_key:
+    with st.spinner("Grouping..."):
+        st.session_state[f"{KEY}-groups"] = find_duplicate_groups(engine, threshold)
+        st.session_state[f"{KEY}-key"] = cache_key
+groups: list[DuplicateGroup] = st.session_state[f"{KEY}-groups"]
+
+photos = sum(len(group.members) for group in groups)
+st.write(f"**{len(groups)} groups** ({photos} photos) at similarity ≥ {threshold:.3f}")
+buffer = io.StringIO()
+write_duplicates_csv(groups, buffer)
+st.download_button("Download the groups as CSV", buffer.getvalue(), file_name="duplicates.csv", mime="text/csv")
+
+limits = limits_of(engine)
+member_ids = [m.id for group in groups[:GROUPS_SHOWN] for m in group.members]
+records = engine.catalog.photos(member_ids)
+for number, group in enumerate(groups[:GROUPS_SHOWN], start=1):
+    with st.expander(
+        f"Group {number}: {len(group.members)} photos — {Path(group.original.path).name}", expanded=number <= 3
+    ):
+        columns = st.columns(min(5, len(group.members)))
+        for position, member in enumerate(group.members):
+            with columns[position % len(columns)]:
+                photo = records.get(member.id)
+                cached = thumbnail(engine.config.data_dir, photo, limits) if photo is not None else None
+                if cached is not None:
+                    st.image(str(cached), width="stretch")
+                if member.original:
+                    kind = "★ suggested original"
+                elif member.exact:
+                    kind = "exact copy"
+                else:
+                    kind = f"similarity {member.score:.3f}"
+                st.caption(
+                    f"{kind}  \n**{Path(member.path).name}**  \n{member.width} x {member.height} · {member.path}"
+                )
+if len(groups) > GROUPS_SHOWN:
+    st.caption(f"Showing the {GROUPS_SHOWN} largest groups; the CSV has all {len(groups)}.")

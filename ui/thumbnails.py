@@ -1,0 +1,82 @@
+"""Thumbnails, cached on disk under the data dir, and the overlays drawn on them.
+
+Only photos of the catalog are ever read, by id: the file path comes from the catalog row, never from
+the browser, so no request can make the app read another file. A thumbnail is made once (reduced-size
+JPEG decoding, EXIF orientation applied) and named by photo id and content hash, so a changed photo
+gets a new one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageDraw
+
+from indexer.catalog import PhotoRecord
+from indexer.decode import DecodeLimits, load_image
+from indexer.errors import DecodeError
+
+logger = logging.getLogger(__name__)
+
+THUMBNAIL_SIDE = 256
+Box = tuple[int, int, int, int]
+
+
+def thumbnail_dir(data_dir: Path) -> Path:
+    return data_dir / "thumbnails"
+
+
+def thumbnail(data_dir: Path, photo: PhotoRecord, limits: DecodeLimits) -> Path | None:
+    """The cached thumbnail of an indexed photo (made on first use); None if the file is gone or broken."""
+    target = thumbnail_dir(data_dir) / f"{photo.id}-{photo.sha256[:12]}.jpg"
+    if target.exists():
+        return target
+    try:
+        decoded, _ = load_image(Path(photo.path), limits, min_side=THUMBNAIL_SIDE)
+    except DecodeError as error:
+        logger.warning("no thumbnail for %s: %s", photo.path, error)
+        return None
+    image = decoded.image
+    image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    image.save(temporary, format="JPEG", quality=85)
+    os.replace(temporary, target)
+    return target
+
+
+def full_image(photo: PhotoRecord, limits: DecodeLimits, longest_side: int = 1600) -> Image.Image | None:
+    """An indexed photo for the side-by-side view, oriented, at most ``longest_side`` pixels."""
+    try:
+        decoded, _ = load_image(Path(photo.path), limits, min_side=longest_side)
+    except DecodeError:
+        return None
+    image = decoded.image
+    image.thumbnail((longest_side, longest_side), Image.Resampling.LANCZOS)
+    return image
+
+
+def draw_box(image: Image.Image, box: Box, size: tuple[int, int], colour: str = "#ff2d55") -> Image.Image:
+    """``image`` with ``box`` (given in the pixels of a ``size`` image) outlined."""
+    scale_x, scale_y = image.width / size[0], image.height / size[1]
+    x0, y0, x1, y1 = box
+    framed = image.convert("RGB").copy()
+    width = max(2, round(min(framed.size) / 80))
+    ImageDraw.Draw(framed).rectangle(
+        (x0 * scale_x, y0 * scale_y, x1 * scale_x, y1 * scale_y), outline=colour, width=width
+    )
+    return framed
+
+
+def overlay_heatmap(image: Image.Image, heatmap: npt.NDArray[np.float32]) -> Image.Image:
+    """``image`` tinted red where the per-cell similarity is high (min-max scaled)."""
+    low, high = float(heatmap.min()), float(heatmap.max())
+    scaled = (heatmap - low) / (high - low) if high > low else np.zeros_like(heatmap)
+    alpha = Image.fromarray((scaled * 160).astype(np.uint8), mode="L").resize(image.size, Image.Resampling.BILINEAR)
+    red = Image.new("RGB", image.size, (255, 0, 60))
+    return Image.composite(red, image.convert("RGB"), alpha)
