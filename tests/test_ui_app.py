@@ -102,7 +102,7 @@ def test_name_search_never_reads_outside_the_catalog(app: AppTest) -> None:
 
 
 def test_region_page(app: AppTest) -> None:
-    app.switch_page("pages/region.py").run()
+    app.switch_page("views/region.py").run()
     app.radio(key="region-source").set_value("Pick an indexed photo").run()
     app.text_input(key="region-name").input("astronaut").run()
     assert not app.exception
@@ -113,7 +113,7 @@ def test_region_page(app: AppTest) -> None:
 
 
 def test_duplicates_page(app: AppTest) -> None:
-    app.switch_page("pages/duplicates.py").run()
+    app.switch_page("views/duplicates.py").run()
     app.slider(key="duplicates-threshold").set_value(0.99).run()
     assert not app.exception
     assert any("1 groups" in md.value for md in app.markdown)

@@ -28,8 +28,8 @@ if engine is not None:
         st.error(f"This index was {RANDOM_WEIGHTS_WARNING}.", icon=":material/warning:")
 
 pages = [
-    st.Page("pages/search.py", title="Search by image", icon=":material/image_search:", default=True),
-    st.Page("pages/region.py", title="Find a region", icon=":material/crop_free:"),
-    st.Page("pages/duplicates.py", title="Duplicates", icon=":material/content_copy:"),
+    st.Page("views/search.py", title="Search by image", icon=":material/image_search:", default=True),
+    st.Page("views/region.py", title="Find a region", icon=":material/crop_free:"),
+    st.Page("views/duplicates.py", title="Duplicates", icon=":material/content_copy:"),
 ]
 st.navigation(pages).run()

@@ -125,10 +125,11 @@ def results_grid(
                 else:
                     st.image(shown if isinstance(shown, Image.Image) else str(shown), width="stretch")
                 st.caption(caption)
-                buttons = st.columns(2)
-                if on_more_like is not None and buttons[0].button("More like this", key=f"{key}-more-{photo.id}"):
+                if on_more_like is not None and st.button(
+                    "More like this", key=f"{key}-more-{photo.id}", icon=":material/image_search:", width="stretch"
+                ):
                     on_more_like(photo.id)
-                if buttons[1].button("Compare", key=f"{key}-compare-{photo.id}"):
+                if st.button("Compare", key=f"{key}-compare-{photo.id}", icon=":material/compare:", width="stretch"):
                     st.session_state[f"{key}-compare"] = photo.id
                     st.rerun()  # the side-by-side view sits above the grid
 
