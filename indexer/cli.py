@@ -28,7 +28,7 @@ EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError as error:
@@ -49,13 +49,14 @@ def _non_negative_int(text: str) -> int:
 
 
 def _image_size(text: str) -> int:
-    value = _positive_int(text)
+    value = positive_int(text)
     if value % 16 != 0 or value < 32:
         raise argparse.ArgumentTypeError(f"image size must be a multiple of 16 and at least 32, got {value}")
     return value
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def add_collection_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config, --data-dir, --db-url and -v, shared by every command."""
     group = parser.add_argument_group("collection")
     group.add_argument("--config", type=Path, help="config file (default: ./config.yaml when present)")
     group.add_argument("--data-dir", type=Path, help="folder of the catalog and index files (config: data_dir)")
@@ -73,12 +74,12 @@ def _resolve_config(args: argparse.Namespace, overrides: dict[str, Any]) -> Loup
 
 def setup_build(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="folders (or files) of photos")
-    _add_common(parser)
+    add_collection_arguments(parser)
     model = parser.add_argument_group("model")
     model.add_argument("--weights", help="pretrained (default), random, or the path of a birder .pt file")
     model.add_argument("--image-size", type=_image_size, help="model input size in pixels (default 512)")
     model.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    model.add_argument("--batch-size", type=_positive_int, help="images per forward pass and per commit")
+    model.add_argument("--batch-size", type=positive_int, help="images per forward pass and per commit")
     model.add_argument("--workers", type=_non_negative_int, help="decode worker processes (0 = in-process)")
     model.add_argument(
         "--no-patches", action="store_true", help="no patch vectors: smaller index, no region search (config: patches)"
@@ -116,7 +117,7 @@ def main_build(args: argparse.Namespace) -> int:
 
 
 def setup_status(parser: argparse.ArgumentParser) -> None:
-    _add_common(parser)
+    add_collection_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the status as JSON")
     parser.add_argument("--failures", action="store_true", help="also list every failed file and why")
 
@@ -139,7 +140,7 @@ def main_status(args: argparse.Namespace) -> int:
 
 
 def setup_verify(parser: argparse.ArgumentParser) -> None:
-    _add_common(parser)
+    add_collection_arguments(parser)
 
 
 def main_verify(args: argparse.Namespace) -> int:
@@ -161,7 +162,7 @@ def main_verify(args: argparse.Namespace) -> int:
 
 
 def setup_reindex(parser: argparse.ArgumentParser) -> None:
-    _add_common(parser)
+    add_collection_arguments(parser)
 
 
 def main_reindex(args: argparse.Namespace) -> int:
@@ -185,7 +186,9 @@ def main_reindex(args: argparse.Namespace) -> int:
 
 # wiring ------------------------------------------------------------------------------------------
 
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
+Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+
+COMMANDS: dict[str, Command] = {
     "build": ("index the photos under one or more folders (incremental)", setup_build, main_build),
     "status": ("what the collection holds", setup_status, main_status),
     "verify": ("check that catalog and index files agree (exit 1 if not)", setup_verify, main_verify),
@@ -200,25 +203,32 @@ EPILOG = """examples:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_parser(prog: str, description: str, epilog: str, commands: dict[str, Command]) -> argparse.ArgumentParser:
+    """An argparse parser with one subcommand per entry of ``commands`` (help, setup, main)."""
     parser = argparse.ArgumentParser(
-        prog="python -m indexer",
-        description="Loupe indexer: embed photos with PE-Spatial ViT-S/16 into a FAISS index and a SQL catalog.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=prog, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (help_text, setup, handler) in COMMANDS.items():
+    for name, (help_text, setup, handler) in commands.items():
         sub = subparsers.add_parser(
             name,
             help=help_text,
             description=help_text,
-            epilog=EPILOG,
+            epilog=epilog,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         setup(sub)
         sub.set_defaults(handler=handler)
     return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return command_parser(
+        "python -m indexer",
+        "Loupe indexer: embed photos with PE-Spatial ViT-S/16 into a FAISS index and a SQL catalog.",
+        EPILOG,
+        COMMANDS,
+    )
 
 
 def configure_logging(verbose: bool) -> None:

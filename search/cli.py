@@ -11,26 +11,16 @@ import csv
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from indexer.cli import EXIT_OK, run_handler
+from indexer.cli import EXIT_OK, Command, add_collection_arguments, command_parser, positive_int, run_handler
 from indexer.config import LoupeConfig, load_config, with_overrides
 from indexer.errors import LoupeError
 from indexer.report import RANDOM_WEIGHTS_WARNING
 
 logger = logging.getLogger(__name__)
-
-
-def _k(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from error
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"k must be at least 1, got {value}")
-    return value
 
 
 def _score(text: str) -> float:
@@ -43,16 +33,8 @@ def _score(text: str) -> float:
     return value
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("collection")
-    group.add_argument("--config", type=Path, help="config file (default: ./config.yaml when present)")
-    group.add_argument("--data-dir", type=Path, help="folder of the catalog and index files")
-    group.add_argument("--db-url", help="SQLAlchemy URL of the catalog (default: SQLite in the data dir)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
-
-
 def _add_filters(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-k", type=_k, help="number of results (config: search.default_k)")
+    parser.add_argument("-k", type=positive_int, help="number of results (config: search.default_k)")
     parser.add_argument("--min-score", type=_score, help="drop matches below this cosine similarity")
     parser.add_argument("--under", type=Path, metavar="FOLDER", help="only photos below this folder")
     parser.add_argument("--json", action="store_true", help="print JSON")
@@ -90,7 +72,7 @@ def _print_results(query: str, results: Sequence[Any], as_json: bool, out: IO[st
 def setup_query(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", type=Path, metavar="IMAGE", help="query image file")
     _add_filters(parser)
-    _add_common(parser)
+    add_collection_arguments(parser)
 
 
 def main_query(args: argparse.Namespace) -> int:
@@ -107,7 +89,7 @@ def setup_similar(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("photo", metavar="PATH_OR_ID", help="an indexed photo: its path or catalog id")
     parser.add_argument("--include-self", action="store_true", help="keep the photo itself in the results")
     _add_filters(parser)
-    _add_common(parser)
+    add_collection_arguments(parser)
 
 
 def main_similar(args: argparse.Namespace) -> int:
@@ -142,10 +124,10 @@ def setup_region(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--box", type=_box, metavar="x0,y0,x1,y1", help="the region, in the image's pixels (default: whole image)"
     )
-    parser.add_argument("-k", type=_k, help="number of results (config: search.default_k)")
+    parser.add_argument("-k", type=positive_int, help="number of results (config: search.default_k)")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--heatmaps", action="store_true", help="with --json: add each result's per-cell heatmap")
-    _add_common(parser)
+    add_collection_arguments(parser)
 
 
 def main_region(args: argparse.Namespace) -> int:
@@ -188,7 +170,7 @@ def setup_duplicates(parser: argparse.ArgumentParser) -> None:
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON")
     output.add_argument("--csv", action="store_true", help="print CSV, one row per photo")
-    _add_common(parser)
+    add_collection_arguments(parser)
 
 
 def write_duplicates_csv(groups: Sequence[Any], out: IO[str]) -> None:
@@ -242,12 +224,12 @@ def main_duplicates(args: argparse.Namespace) -> int:
 
 def setup_lookup(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", type=Path, metavar="QUERY_DIR", help="folder of query images")
-    parser.add_argument("-k", type=_k, default=5, help="matches per query (default 5)")
+    parser.add_argument("-k", type=positive_int, default=5, help="matches per query (default 5)")
     parser.add_argument("--min-score", type=_score, help="drop matches below this cosine similarity")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON")
     output.add_argument("--csv", type=Path, metavar="FILE", help="write CSV rows (query, rank, score, ...) to FILE")
-    _add_common(parser)
+    add_collection_arguments(parser)
 
 
 def main_lookup(args: argparse.Namespace) -> int:
@@ -285,7 +267,7 @@ def main_lookup(args: argparse.Namespace) -> int:
 
 # wiring ------------------------------------------------------------------------------------------
 
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
+COMMANDS: dict[str, Command] = {
     "query": ("photos most similar to an image file", setup_query, main_query),
     "similar": ("photos most similar to an indexed photo (by path or id)", setup_similar, main_similar),
     "region": ("photos that contain a region of an image, with the matched box", setup_region, main_region),
@@ -303,24 +285,12 @@ EPILOG = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m search",
-        description="Loupe search: nearest neighbours, near-duplicates and reverse lookup over an index.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    return command_parser(
+        "python -m search",
+        "Loupe search: nearest neighbours, regions, near-duplicates and reverse lookup over an index.",
+        EPILOG,
+        COMMANDS,
     )
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (help_text, setup, handler) in COMMANDS.items():
-        sub = subparsers.add_parser(
-            name,
-            help=help_text,
-            description=help_text,
-            epilog=EPILOG,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        setup(sub)
-        sub.set_defaults(handler=handler)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
