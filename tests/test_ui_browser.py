@@ -71,7 +71,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
             "--config",
             str(config),
         ],
-        cwd=root,
+        cwd=ROOT,  # the project's .streamlit/config.toml applies, as for a user
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
