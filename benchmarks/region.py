@@ -90,7 +90,7 @@ def make_collection(
             # Keep the pasted region inside the target and at most 60% of its smaller side.
             scale = min(scale, 0.6 * min(target.size) / max(region.size))
             pasted = region.resize(
-                (max(8, int(region.width * scale)), max(8, int(region.height * scale))), Image.BICUBIC
+                (max(8, int(region.width * scale)), max(8, int(region.height * scale))), Image.Resampling.BICUBIC
             )
             px = int(rng.integers(0, target.width - pasted.width + 1))
             py = int(rng.integers(0, target.height - pasted.height + 1))
