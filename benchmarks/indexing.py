@@ -42,7 +42,7 @@ def forward_only(config: LoupeConfig, images: int) -> float:
     """Images/s of the encoder alone on pre-made pixels (one warm-up batch excluded)."""
     device = resolve_device(config.runtime.device)
     model = load_model(config.model, device)
-    encoder = Encoder(model, device)
+    encoder = Encoder(model, device, config.runtime.precision, config.runtime.min_cosine)
     size, batch = config.model.image_size, config.runtime.batch_size
     generator = torch.Generator().manual_seed(0)
     pixels = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=generator)

@@ -45,6 +45,12 @@ def _device(value: Any) -> str | None:
     return None
 
 
+def _precision(value: Any) -> str | None:
+    if value not in ("auto", "fp32", "bf16", "int8"):
+        return "must be auto, fp32, bf16 or int8"
+    return None
+
+
 def _weights(value: Any) -> str | None:
     if value == "":
         return "must be 'pretrained', 'random' or the path of a .pt file"
@@ -78,6 +84,8 @@ class RuntimeConfig:
     """Where and how fast the model runs."""
 
     device: str = _checked("auto", _device)
+    precision: str = _checked("auto", _precision)
+    min_cosine: float = _checked(0.995, _at_least(0.0))
     batch_size: int = _checked(16, _at_least(1))
     workers: int = _checked(2, _at_least(0))
 

@@ -62,6 +62,8 @@ class BuildSummary:
     patch_index: SyncReport | None = None
     weights_kind: str = ""
     image_size: int = 0
+    precision: str = ""
+    int8_cosine: float | None = None
 
     @property
     def processed(self) -> int:
@@ -290,7 +292,8 @@ def run_build(config: LoupeConfig, roots: Sequence[Path], *, show_progress: bool
         logger.info("%d files found, %d unchanged, %d to read", len(scanned), summary.unchanged, len(todo))
 
         processing_started = time.perf_counter()
-        committer = _BatchCommitter(catalog, Encoder(model, device), states, summary, patch_grid)
+        encoder = Encoder(model, device, config.runtime.precision, config.runtime.min_cosine)
+        committer = _BatchCommitter(catalog, encoder, states, summary, patch_grid)
         if todo:
             limits = DecodeLimits(max_pixels=config.decode.max_pixels, max_file_bytes=config.decode.max_file_bytes)
             dataset = PhotoDataset(todo, model.image_size, limits, frozenset(catalog.indexed_hashes()))
@@ -310,6 +313,8 @@ def run_build(config: LoupeConfig, roots: Sequence[Path], *, show_progress: bool
         summary.copied = len(committer.reused_from) - summary.moved
         summary.processing_s = time.perf_counter() - processing_started
         summary.failures_by_reason = dict(committer.reasons)
+        summary.precision = encoder.precision
+        summary.int8_cosine = encoder.checked_cosine
 
         summary.index = sync_index(catalog, config.data_dir, config.index)
         if patch_grid:

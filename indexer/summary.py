@@ -31,6 +31,8 @@ def summary_to_dict(summary: BuildSummary) -> dict[str, Any]:
         "images_per_s": round(summary.images_per_s, 3),
         "weights": summary.weights_kind,
         "image_size": summary.image_size,
+        "precision": summary.precision,
+        "int8_cosine_to_fp32": summary.int8_cosine,
         "index": None
         if index is None
         else {
@@ -57,6 +59,12 @@ def build_summary_lines(summary: BuildSummary) -> list[str]:
         f"  new {summary.new}  changed {summary.changed}  moved {summary.moved}  copied {summary.copied}  "
         f"touched {summary.touched}  removed {summary.removed}  unchanged {summary.unchanged}  failed {summary.failed}",
     ]
+    if summary.embedded:
+        checked = summary.int8_cosine
+        lines.append(
+            f"  {summary.precision} inference"
+            + (f" (embeddings at cosine >= {checked:.4f} to fp32 on the first batch)" if checked is not None else "")
+        )
     if summary.failures_by_reason:
         reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(summary.failures_by_reason.items()))
         lines.append(f"  failures by reason: {reasons} (python -m indexer status --failures lists them)")

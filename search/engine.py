@@ -196,7 +196,8 @@ class SearchEngine:
                         f"({self.provenance.weights_source}); the model found now has {model.weights.sha256} "
                         f"({model.weights.source}): queries would be compared in another space"
                     )
-                self._encoder = Encoder(model, device)
+                runtime = self.config.runtime
+                self._encoder = Encoder(model, device, runtime.precision, runtime.min_cosine)
             return self._encoder
 
     def encode_pixels(self, pixels: Any) -> Vector:

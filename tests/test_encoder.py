@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 from indexer.config import ModelConfig
-from indexer.encoder import Encoder, LoadedModel, load_model
+from indexer.encoder import Encoder, LoadedModel, load_model, resolve_precision
+from indexer.errors import ConfigError
 from indexer.preprocess import model_pixels, normalize
 from tests.conftest import PHOTOS, TEST_IMAGE_SIZE
 
@@ -77,3 +78,32 @@ def test_real_size_grid_is_32_by_32() -> None:
     model = load_model(ModelConfig(weights="random"), torch.device("cpu"))
     batch = Encoder(model, torch.device("cpu")).encode(_pixels(512, count=1))
     assert batch.patches.shape == (1, 32, 32, 384)
+
+
+def test_int8_stays_faithful(random_model: LoadedModel) -> None:
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    with pytest.raises(ConfigError, match="int8 runs on the CPU only"):
+        resolve_precision("int8", torch.device("cuda"))
+    pixels = _pixels(TEST_IMAGE_SIZE, count=6)
+    reference = Encoder(random_model, torch.device("cpu"), "fp32").encode(pixels)
+    int8 = Encoder(random_model, torch.device("cpu"), "int8")
+    quantized = int8.encode(pixels)
+    assert int8.precision == "int8" and int8.checked_cosine is not None and int8.checked_cosine >= 0.995
+    cosines = (quantized.embeddings * reference.embeddings).sum(axis=1)
+    assert cosines.min() >= 0.995 and not np.allclose(quantized.embeddings, reference.embeddings, atol=1e-7)
+    # The fp32 network is left untouched by quantisation.
+    assert (
+        Encoder(random_model, torch.device("cpu"), "fp32").encode(pixels).embeddings.tolist()
+        == reference.embeddings.tolist()
+    )
+
+
+def test_unfaithful_int8_falls_back_to_fp32(random_model: LoadedModel) -> None:
+    pixels = _pixels(TEST_IMAGE_SIZE, count=3)
+    reference = Encoder(random_model, torch.device("cpu"), "fp32").encode(pixels).embeddings
+    strict = Encoder(random_model, torch.device("cpu"), "int8", min_cosine=1.01)  # no int8 model can pass
+    first = strict.encode(pixels).embeddings
+    assert strict.precision == "fp32"
+    np.testing.assert_array_equal(first, reference)
+    np.testing.assert_array_equal(strict.encode(pixels).embeddings, reference)
