@@ -32,10 +32,6 @@ class WeightsIdentity:
     sha256: str
     source: str
 
-    @property
-    def is_random(self) -> bool:
-        return self.kind == "random"
-
 
 @dataclass(frozen=True)
 class PretrainedFile:

@@ -136,10 +136,6 @@ class SearchEngine:
         return self.provenance.dim
 
     @property
-    def meta(self) -> IndexMeta:
-        return self.current()[1]
-
-    @property
     def patch_grid(self) -> int:
         """Cells per side of the stored patch grids; 0 when the index was built without patches."""
         return self.provenance.patch_grid
