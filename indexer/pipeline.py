@@ -184,44 +184,25 @@ class _BatchCommitter:
                 elif reused is False:
                     to_encode.append(read_one(result.item, image_size, limits, frozenset()))
                 continue
-            if result.error_reason is not None:
-                self.summary.failed += 1
-                self.reasons[result.error_reason] += 1
-                outcomes.append(
-                    FailedFile(
-                        path=result.item.path,
-                        size_bytes=result.item.size_bytes,
-                        mtime_ns=result.item.mtime_ns,
-                        sha256=result.sha256,
-                        reason=result.error_reason,
-                        message=result.error_message or result.error_reason,
-                    )
-                )
-                continue
             to_encode.append(result)
         outcomes.extend(self._encode(to_encode))
         if outcomes:
             self.catalog.commit_outcomes(outcomes)
             self.run_hashes.update(o.sha256 for o in outcomes if isinstance(o, IndexedFile))
 
+    def _failed(self, result: ReadResult) -> FailedFile:
+        reason = result.error_reason or "unreadable"
+        self.summary.failed += 1
+        self.reasons[reason] += 1
+        item = result.item
+        return FailedFile(
+            item.path, item.size_bytes, item.mtime_ns, result.sha256, reason, result.error_message or reason
+        )
+
     def _encode(self, results: list[ReadResult]) -> list[FileOutcome]:
-        failed = [r for r in results if r.pixels is None]
+        """Failures become failure rows; decoded photos go through the model in one forward pass."""
+        outcomes: list[FileOutcome] = [self._failed(r) for r in results if r.pixels is None]
         decoded = [r for r in results if r.pixels is not None]
-        outcomes: list[FileOutcome] = []
-        for result in failed:
-            self.summary.failed += 1
-            reason = result.error_reason or "unreadable"
-            self.reasons[reason] += 1
-            outcomes.append(
-                FailedFile(
-                    result.item.path,
-                    result.item.size_bytes,
-                    result.item.mtime_ns,
-                    result.sha256,
-                    reason,
-                    result.error_message or reason,
-                )
-            )
         if not decoded:
             return outcomes
         # Identical bytes twice in one batch go through the model once.
