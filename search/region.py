@@ -1,13 +1,15 @@
 """Region search: find every photo that contains a region of a query image, and where.
 
-1. Encode the query and take the cells of its pooled patch grid that the box covers (at least half of
-   a cell's area; at least the cell under the box's centre).
+1. Encode the query and take the cells of its pooled patch grid that the box touches (at least a
+   quarter of a cell's width and height; at least the cell under the box's centre), each weighted by
+   how much of it the box covers.
 2. Candidates: each query cell searches the patch index; a photo's candidate score is the sum over
    query cells of its best cell match, so photos matching many parts of the region rise.
 3. Exact re-ranking from the stored grids of the best candidates: the query's block of cells is slid
    over the candidate's grid at seven scales (0.5x to 2x, corrected for both photos' aspect ratios,
-   since each is squashed to a square); a placement scores the mean similarity of the cells it aligns.
-   The best placement is the match and its box; requiring the cells to line up in the same layout is
+   since each is squashed to a square); a placement scores the coverage-weighted mean similarity of
+   the cells it aligns. The best placement is the match; the query box, carried through it, is the
+   matched box. Requiring the cells to line up in the same layout is
    the spatial-consistency check that a bag of best matches lacks.
 """
 
@@ -106,8 +108,8 @@ class RegionResults:
 def cells_under_box(box: Box | None, width: int, height: int, grid: int) -> CellBlock:
     """The block of grid cells covered by ``box`` (pixel coordinates of a ``width x height`` image).
 
-    A cell counts when the box covers at least half of it; a box smaller than that still gets the cell
-    under its centre. ``None`` means the whole image.
+    A row (column) of cells counts when the box spans at least a quarter of its height (width); a box
+    smaller than that still gets the cell under its centre. ``None`` means the whole image.
     """
     if box is None:
         return CellBlock(0, 0, grid, grid, grid)
