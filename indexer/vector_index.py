@@ -36,6 +36,7 @@ IndexKind = Literal["flat", "ivf_flat", "ivf_pq"]
 Ids = npt.NDArray[np.int64]
 META_FILE = "global.json"
 TRAIN_SEED = 1234
+SCALAR_TRAIN_POINTS = 20_000
 
 
 @dataclass(frozen=True)
@@ -252,7 +253,10 @@ def build_index(source: VectorSource, config: IndexConfig, spec: IndexSpec) -> t
     if not index.is_trained:
         ids, _ = source.item_ids()
         rng = np.random.default_rng(TRAIN_SEED)
-        items = min(len(ids), max(1, config.max_train_points // source.vectors_per_item))
+        # k-means (IVF, PQ) wants up to max_train_points; a scalar quantiser only learns each dimension's
+        # range, which a small sample gives as well, without holding 300 MB of training vectors.
+        wanted = config.max_train_points if spec.is_ivf else min(config.max_train_points, SCALAR_TRAIN_POINTS)
+        items = min(len(ids), max(1, wanted // source.vectors_per_item))
         sample = np.sort(rng.choice(ids, size=items, replace=False))
         training = np.concatenate([vectors for _, vectors in source.vectors_for(sample)])
         _train(index, training, config.use_gpu and spec.is_ivf)
