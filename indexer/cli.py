@@ -167,18 +167,20 @@ def setup_reindex(parser: argparse.ArgumentParser) -> None:
 
 def main_reindex(args: argparse.Namespace) -> int:
     from indexer.catalog import Catalog
+    from indexer.lock import exclusive_writer
     from indexer.vector_index import rebuild_index
     from indexer.vector_source import patch_vectors_of
 
     config = _resolve_config(args, {})
     catalog = Catalog.open(config.resolved_db_url, create=False)
     try:
-        report = rebuild_index(catalog, config.data_dir, config.index)
-        print(f"reindex: wrote the global index, {report.spec.factory_string} with {report.ntotal} vectors")
-        patches = patch_vectors_of(catalog)
-        if patches is not None:
-            report = rebuild_index(catalog, config.data_dir, config.patches.index, patches)
-            print(f"reindex: wrote the patch index, {report.spec.factory_string} with {report.ntotal} vectors")
+        with exclusive_writer(config.data_dir, "indexer reindex"):
+            report = rebuild_index(catalog, config.data_dir, config.index)
+            print(f"reindex: wrote the global index, {report.spec.factory_string} with {report.ntotal} vectors")
+            patches = patch_vectors_of(catalog)
+            if patches is not None:
+                report = rebuild_index(catalog, config.data_dir, config.patches.index, patches)
+                print(f"reindex: wrote the patch index, {report.spec.factory_string} with {report.ntotal} vectors")
     finally:
         catalog.close()
     return EXIT_OK

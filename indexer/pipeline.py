@@ -30,6 +30,7 @@ from indexer.catalog import (
 from indexer.config import RESOLVED_CONFIG_FILE, LoupeConfig, dump_config
 from indexer.decode import DecodeLimits, supported_extensions
 from indexer.encoder import Encoder, LoadedModel, load_model, resolve_device
+from indexer.lock import exclusive_writer
 from indexer.patches import effective_grid, pool_patches
 from indexer.reader import PhotoDataset, ReadBatch, ReadResult, WorkItem, make_loader, read_one
 from indexer.scan import ScannedFile, resolve_roots, scan
@@ -244,9 +245,22 @@ def run_build(config: LoupeConfig, roots: Sequence[Path], *, show_progress: bool
     resolved_roots = resolve_roots(roots)
     device = resolve_device(config.runtime.device)
     model = load_model(config.model, device)
-    config.data_dir.mkdir(parents=True, exist_ok=True)
     summary.weights_kind = model.weights.kind
     summary.image_size = model.image_size
+    with exclusive_writer(config.data_dir, "indexer build"):
+        _build_locked(config, resolved_roots, model, device, summary, show_progress)
+    summary.elapsed_s = time.perf_counter() - started
+    return summary
+
+
+def _build_locked(
+    config: LoupeConfig,
+    resolved_roots: list[Path],
+    model: LoadedModel,
+    device: torch.device,
+    summary: BuildSummary,
+    show_progress: bool,
+) -> None:
     catalog = Catalog.open(config.resolved_db_url)
     try:
         patch_grid = effective_grid(model.grid_size, config.patches.grid) if config.patches.enabled else 0
@@ -303,5 +317,3 @@ def run_build(config: LoupeConfig, roots: Sequence[Path], *, show_progress: bool
             summary.patch_index = sync_index(catalog, config.data_dir, config.patches.index, patches)
     finally:
         catalog.close()
-    summary.elapsed_s = time.perf_counter() - started
-    return summary
