@@ -105,9 +105,14 @@ class SearchEngine:
         self._meta: IndexMeta | None = None
         self._patch_index: faiss.Index | None = None
         self._encoder: Any = None
-        self._limits = DecodeLimits(
+        # Query images (uploads, files on the command line) have their own, tighter bounds; indexed photos
+        # are read back (thumbnails, full-size views) under the limits they were indexed with.
+        self.query_limits = DecodeLimits(
             max_pixels=min(config.decode.max_pixels, config.search.max_query_pixels),
             max_file_bytes=config.search.max_query_bytes,
+        )
+        self.photo_limits = DecodeLimits(
+            max_pixels=config.decode.max_pixels, max_file_bytes=config.decode.max_file_bytes
         )
 
     @classmethod
@@ -217,7 +222,7 @@ class SearchEngine:
     def encode_bytes(self, data: bytes) -> QueryImage:
         """Decode (EXIF orientation, colour modes, limits) and encode image bytes."""
         try:
-            decoded = decode_image(data, self._limits, min_side=self.provenance.image_size)
+            decoded = decode_image(data, self.query_limits, min_side=self.provenance.image_size)
         except DecodeError as error:
             raise QueryError(f"cannot use this image: {error}") from error
         query = self.encode_image(decoded.image, hashlib.sha256(data).hexdigest())
@@ -225,7 +230,7 @@ class SearchEngine:
 
     def encode_file(self, path: Path) -> QueryImage:
         try:
-            data = read_image_bytes(path, self._limits)
+            data = read_image_bytes(path, self.query_limits)
         except DecodeError as error:
             raise QueryError(f"{path}: {error}") from error
         return self.encode_bytes(data)
@@ -302,18 +307,20 @@ class SearchEngine:
             for rank, (photo, score) in enumerate(kept[:k], start=1)
         ]
 
+    def encode_query(self, image: Image.Image | bytes | Path) -> QueryImage:
+        """Encode a query given as a file path, bytes or a PIL image."""
+        if isinstance(image, Path):
+            return self.encode_file(image)
+        if isinstance(image, bytes | bytearray):
+            return self.encode_bytes(bytes(image))
+        return self.encode_image(image)
+
     def search_image(
         self, image: Image.Image | bytes | Path, k: int | None = None, **filters: Any
     ) -> list[SearchResult]:
         """Neighbours of an image given as a file path, bytes or a PIL image."""
-        query_path = None
-        if isinstance(image, Path):
-            query = self.encode_file(image)
-            query_path = str(image.expanduser().resolve())
-        elif isinstance(image, bytes | bytearray):
-            query = self.encode_bytes(bytes(image))
-        else:
-            query = self.encode_image(image)
+        query = self.encode_query(image)
+        query_path = str(image.expanduser().resolve()) if isinstance(image, Path) else None
         return self.search_vector(query.vector, k, query_sha256=query.sha256, query_path=query_path, **filters)
 
     def photo(self, id_or_path: int | str | Path) -> PhotoRecord:

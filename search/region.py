@@ -26,7 +26,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from indexer.vector_source import decode_cell_ids
-from search.engine import QueryError, QueryImage, SearchEngine
+from search.engine import QueryError, SearchEngine
 
 logger = logging.getLogger(__name__)
 
@@ -221,21 +221,13 @@ def best_placement(similarity: Grid, scale_rows: float, scale_cols: float, weigh
     return best
 
 
-def _query_image(engine: SearchEngine, image: Image.Image | bytes | Path) -> QueryImage:
-    if isinstance(image, Path):
-        return engine.encode_file(image)
-    if isinstance(image, bytes | bytearray):
-        return engine.encode_bytes(bytes(image))
-    return engine.encode_image(image)
-
-
 def search_region(
     engine: SearchEngine, image: Image.Image | bytes | Path, box: Box | None = None, k: int | None = None
 ) -> RegionResults:
     """Photos containing the ``box`` region of ``image`` (whole image when None), best first."""
     k = k or engine.config.search.default_k
     patch_index = engine.patch_index()
-    query = _query_image(engine, image)
+    query = engine.encode_query(image)
     if query.patches is None:  # pragma: no cover - patch_index() already refused
         raise QueryError("the query has no patch grid")
     grid = engine.patch_grid

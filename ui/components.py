@@ -11,7 +11,7 @@ import streamlit as st
 from PIL import Image
 
 from indexer.catalog import PhotoRecord
-from indexer.decode import DecodeLimits, decode_image, supported_extensions
+from indexer.decode import decode_image, supported_extensions
 from indexer.errors import DecodeError
 from search.engine import SearchEngine, SearchResult
 from ui.thumbnails import full_image, thumbnail
@@ -31,18 +31,12 @@ class QueryChoice:
     photo: PhotoRecord | None = None
 
 
-def limits_of(engine: SearchEngine) -> DecodeLimits:
-    search = engine.config.search
-    return DecodeLimits(max_pixels=search.max_query_pixels, max_file_bytes=search.max_query_bytes)
-
-
 def choose_query(engine: SearchEngine, key: str) -> QueryChoice | None:
     """Upload a photo (bounded in bytes and pixels, kept in memory only) or pick an indexed one."""
     if f"{key}-more-like" in st.session_state:  # set by "more like this" on the previous run
         st.session_state[f"{key}-source"] = "Pick an indexed photo"
         st.session_state[f"{key}-name"] = ""
     source = st.radio("Query", ["Upload a photo", "Pick an indexed photo"], horizontal=True, key=f"{key}-source")
-    limits = limits_of(engine)
     if source == "Upload a photo":
         max_mb = max(1, engine.config.search.max_query_bytes // (1 << 20))
         upload = st.file_uploader(
@@ -58,7 +52,7 @@ def choose_query(engine: SearchEngine, key: str) -> QueryChoice | None:
             st.error(f"{upload.name} is {len(data) / (1 << 20):.1f} MB; the limit is {max_mb} MB.")
             return None
         try:
-            decoded = decode_image(data, limits, min_side=1024)
+            decoded = decode_image(data, engine.query_limits, min_side=1024)
         except DecodeError as error:
             st.error(f"Cannot use {upload.name}: {error}")
             return None
@@ -67,7 +61,7 @@ def choose_query(engine: SearchEngine, key: str) -> QueryChoice | None:
     photo = pick_indexed_photo(engine, key)
     if photo is None:
         return None
-    image = full_image(photo, limits, longest_side=1024)
+    image = full_image(photo, engine.photo_limits, longest_side=1024)
     if image is None:
         st.error(f"{photo.path} can no longer be read.")
         return None
@@ -113,13 +107,14 @@ def results_grid(
 
     ``items`` are ``(photo, caption, image)``: ``image`` replaces the cached thumbnail (to draw a box).
     """
-    limits = limits_of(engine)
     data_dir = engine.config.data_dir
     for start in range(0, len(items), GRID_COLUMNS):
         columns = st.columns(GRID_COLUMNS)
         for column, (photo, caption, image) in zip(columns, items[start : start + GRID_COLUMNS], strict=False):
             with column:
-                shown: Image.Image | Path | None = image if image is not None else thumbnail(data_dir, photo, limits)
+                shown: Image.Image | Path | None = (
+                    image if image is not None else thumbnail(data_dir, photo, engine.photo_limits)
+                )
                 if shown is None:
                     st.warning(f"{Path(photo.path).name}: file unreadable")
                 else:
@@ -156,7 +151,7 @@ def compare_view(engine: SearchEngine, query: QueryChoice, key: str) -> None:
             st.image(query.image, caption=f"query: {query.label}", width="stretch")
             st.caption(f"{query.width} x {query.height} px")
         with right:
-            image = full_image(photo, limits_of(engine))
+            image = full_image(photo, engine.photo_limits)
             if image is None:
                 st.warning("This photo can no longer be read.")
             else:

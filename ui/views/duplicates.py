@@ -9,7 +9,6 @@ import streamlit as st
 
 from search.cli import write_duplicates_csv
 from search.duplicates import DuplicateGroup, find_duplicate_groups
-from ui.components import limits_of
 from ui.state import require_engine
 from ui.thumbnails import thumbnail
 
@@ -39,7 +38,6 @@ buffer = io.StringIO()
 write_duplicates_csv(groups, buffer)
 st.download_button("Download the groups as CSV", buffer.getvalue(), file_name="duplicates.csv", mime="text/csv")
 
-limits = limits_of(engine)
 member_ids = [m.id for group in groups[:GROUPS_SHOWN] for m in group.members]
 records = engine.catalog.photos(member_ids)
 for number, group in enumerate(groups[:GROUPS_SHOWN], start=1):
@@ -50,7 +48,7 @@ for number, group in enumerate(groups[:GROUPS_SHOWN], start=1):
         for position, member in enumerate(group.members):
             with columns[position % len(columns)]:
                 photo = records.get(member.id)
-                cached = thumbnail(engine.config.data_dir, photo, limits) if photo is not None else None
+                cached = thumbnail(engine.config.data_dir, photo, engine.photo_limits) if photo is not None else None
                 if cached is not None:
                     st.image(str(cached), width="stretch")
                 if member.original:

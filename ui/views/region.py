@@ -11,7 +11,7 @@ from PIL import Image
 from indexer.catalog import PhotoRecord
 from search.engine import QueryError
 from search.region import search_region
-from ui.components import choose_query, compare_view, limits_of, results_grid
+from ui.components import choose_query, compare_view, results_grid
 from ui.state import require_engine
 from ui.thumbnails import draw_box, overlay_heatmap, thumbnail
 
@@ -58,13 +58,12 @@ if query is not None:
     elapsed_ms = (time.perf_counter() - started) * 1000
     st.caption(f"{len(found.matches)} photos in {elapsed_ms:.0f} ms (region snapped to {found.query_box})")
     photos = engine.catalog.photos([m.id for m in found.matches])
-    limits = limits_of(engine)
     items: list[tuple[PhotoRecord, str, Image.Image | None]] = []
     for match in found.matches:
         photo = photos.get(match.id)
         if photo is None:
             continue
-        cached = thumbnail(engine.config.data_dir, photo, limits)
+        cached = thumbnail(engine.config.data_dir, photo, engine.photo_limits)
         if cached is None:
             items.append((photo, f"#{match.rank} · {match.score:.3f}", None))
             continue
