@@ -51,6 +51,18 @@ def _precision(value: Any) -> str | None:
     return None
 
 
+def _compile(value: Any) -> str | None:
+    if value not in ("auto", "always", "never"):
+        return "must be auto, always or never"
+    return None
+
+
+def _gpu_jpeg(value: Any) -> str | None:
+    if value not in ("auto", "never"):
+        return "must be auto or never"
+    return None
+
+
 def _weights(value: Any) -> str | None:
     if value == "":
         return "must be 'pretrained', 'random' or the path of a .pt file"
@@ -86,8 +98,10 @@ class RuntimeConfig:
     device: str = _checked("auto", _device)
     precision: str = _checked("auto", _precision)
     min_cosine: float = _checked(0.995, _at_least(0.0))
-    batch_size: int = _checked(16, _at_least(1))
+    batch_size: int = _checked(0, _at_least(0))
     workers: int = _checked(2, _at_least(0))
+    compile: str = _checked("auto", _compile)
+    gpu_jpeg: str = _checked("auto", _gpu_jpeg)
 
 
 @dataclass(frozen=True)

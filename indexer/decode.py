@@ -209,8 +209,8 @@ def _too_large(path: Path, size: int, limits: DecodeLimits) -> str:
     return f"{path} is {size} bytes, over the limit of {limits.max_file_bytes}"
 
 
-def _apply_orientation(image: Image.Image) -> tuple[Image.Image, bool]:
-    """Transpose by the EXIF orientation; return the image and whether its sides swapped."""
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1-8) of an opened image; 1 when absent, invalid or unreadable."""
     try:
         orientation = image.getexif().get(ExifTags.Base.Orientation)
     except MemoryError:
@@ -219,8 +219,14 @@ def _apply_orientation(image: Image.Image) -> tuple[Image.Image, bool]:
         # A broken EXIF block is common in camera and editor output and says nothing about
         # the pixels: keep the image as stored.
         logger.debug("ignoring unreadable EXIF: %s: %s", type(exc).__name__, exc)
-        return image, False
-    method = _ORIENTATION_TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
+        return 1
+    return orientation if isinstance(orientation, int) and orientation in _ORIENTATION_TRANSPOSE else 1
+
+
+def _apply_orientation(image: Image.Image) -> tuple[Image.Image, bool]:
+    """Transpose by the EXIF orientation; return the image and whether its sides swapped."""
+    orientation = exif_orientation(image)
+    method = _ORIENTATION_TRANSPOSE.get(orientation)
     if method is None:
         return image, False
     return image.transpose(method), orientation in _SWAPS_SIDES

@@ -7,11 +7,12 @@ register token; the same tensor as ``detection_features``) and the global embedd
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import logging
+import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -151,12 +152,33 @@ def load_model(config: ModelConfig, device: torch.device) -> LoadedModel:
 Precision = Literal["fp32", "bf16", "int8"]
 
 
+class _PerImageLinear(torch.nn.Module):
+    """A dynamically quantised linear layer applied to one image's tokens at a time.
+
+    Dynamic quantisation scales activations per input tensor. Applied to a whole batch, a photo's vector
+    would depend on the other photos in its batch: a resumed build would not reproduce an uninterrupted
+    one, and a query would not reproduce its indexed twin. One image at a time keeps every vector a
+    function of its own pixels; each call still multiplies hundreds of token rows, so the GEMMs stay
+    efficient.
+    """
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 3 or x.shape[0] == 1:
+            return cast(torch.Tensor, self.inner(x))
+        return torch.stack([self.inner(tokens) for tokens in x.unbind(0)])
+
+
 def _quantize_linear_layers(net: torch.nn.Module) -> torch.nn.Module:
-    """An int8 copy of ``net`` (dynamic quantisation of its linear layers); ``net`` stays fp32.
+    """An int8 copy of ``net`` (dynamic quantisation of its linear layers, per image); ``net`` stays fp32.
 
     torch marks this API deprecated in favour of torchao, but torchao 0.18's int8 dynamic quantisation
     has no fast CPU kernels: it measured 0.48 images/s against this one's 16.4 (fp32: 10.1) at 224 px on
-    the development machine. Revisit when torchao's CPU path catches up.
+    the development machine. ONNX Runtime's dynamic int8 was measured too: with its per-tensor uint8
+    activations the embeddings reach only cosine 0.986-0.996 to fp32, below ``runtime.min_cosine``.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*deprecated", category=UserWarning)
@@ -164,56 +186,130 @@ def _quantize_linear_layers(net: torch.nn.Module) -> torch.nn.Module:
         quantized: torch.nn.Module = torch.ao.quantization.quantize_dynamic(
             copy.deepcopy(net), {torch.nn.Linear}, dtype=torch.qint8
         )
+    dynamic_linear = torch.ao.nn.quantized.dynamic.Linear
+    for parent in list(quantized.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, dynamic_linear):
+                setattr(parent, name, _PerImageLinear(child))
     return quantized
 
 
-def resolve_precision(precision: str, device: torch.device) -> Precision:
-    """``auto``: bfloat16 on CUDA, fp32 on the CPU.
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bfloat16 in hardware (AMX tiles or AVX512-BF16)."""
+    cpu: Any = torch.cpu  # private probes, but the only ones torch offers
+    return bool(cpu._is_amx_tile_supported() or cpu._is_avx512_bf16_supported())
 
-    int8 (dynamic quantisation of the linear layers) is 1.2x (512 px) to 1.6x (224 px) faster than fp32 on
-    the 2-core development machine with embeddings at cosine >= 0.9999 to fp32, but it scales activations
-    per batch tensor, so a photo's vector depends slightly on its batch-mates: a resumed build would not
-    reproduce an uninterrupted one bit for bit. It stays opt-in. bfloat16 on a CPU without AVX512-BF16
-    is 6x slower than fp32 (measured), so it is never picked automatically there."""
+
+def resolve_precision(precision: str, device: torch.device) -> Precision:
+    """``auto``: the fastest precision known to be faithful on this device.
+
+    - CUDA: bfloat16.
+    - A CPU with AMX or AVX512-BF16: bfloat16.
+    - Other CPUs: int8, dynamic quantisation of the linear layers one image at a time. On the 2-core
+      development machine (AVX2) it measured 1.3x (512 px) to 1.5x (224 px) faster than fp32, with
+      embeddings at cosine >= 0.9999; bfloat16 is emulated there and 6x slower than fp32.
+
+    Whatever is picked, the first batch of a run is checked against fp32 (see :class:`Encoder`).
+    """
     if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
+        if device.type == "cuda" or cpu_has_native_bf16():
+            return "bf16"
+        return "int8"
     if precision == "int8" and device.type == "cuda":
         raise ConfigError("runtime.precision: int8 runs on the CPU only; use bf16 or fp32 on CUDA")
     return precision  # type: ignore[return-value]
 
 
+# Tokens per forward pass that ``runtime.batch_size: 0`` aims for. On the 2-core CPU a 512 px batch
+# of 16 (16k tokens) ran slower per image than batches of 1-4: activations outgrow the caches.
+CPU_TOKENS_PER_BATCH = 4_096
+CUDA_TOKENS_PER_BATCH = 65_536
+# Largest automatic batch; also bounds what a kill can lose (one batch in flight).
+MAX_AUTO_BATCH = {"cpu": 64, "cuda": 512}
+# torch.compile costs a minute or more before the first batch; below this many photos it cannot pay off.
+COMPILE_PAYS_OFF_FROM = 2_000
+
+
+def resolve_batch_size(batch_size: int, model: LoadedModel, device: torch.device) -> int:
+    """``batch_size`` 0 picks the power of two of images nearest the device's token budget."""
+    if batch_size > 0:
+        return batch_size
+    tokens = model.grid_size**2 + model.num_special_tokens
+    budget = CUDA_TOKENS_PER_BATCH if device.type == "cuda" else CPU_TOKENS_PER_BATCH
+    nearest = 2 ** max(0, round(math.log2(budget / tokens)))
+    return min(nearest, MAX_AUTO_BATCH["cuda" if device.type == "cuda" else "cpu"])
+
+
+def should_compile(setting: str, device: torch.device, images: int) -> bool:
+    """``runtime.compile``: ``auto`` compiles on CUDA for runs long enough to repay the compilation."""
+    if setting == "always":
+        return True
+    if setting == "never":
+        return False
+    return device.type == "cuda" and images >= COMPILE_PAYS_OFF_FROM
+
+
 class Encoder:
     """Runs a :class:`LoadedModel` on batches of uint8 pixels from :func:`indexer.preprocess.model_pixels`.
 
-    With int8 the first batch is also run in fp32 and compared: if any embedding falls
-    below ``min_cosine`` to its fp32 twin, the encoder switches to fp32 for good (and says so), so a
-    model whose activations quantise badly can never degrade an index silently.
+    With int8 or bf16 the first batch is also run in fp32 and compared. If any embedding falls below
+    ``min_cosine`` to its fp32 twin, the encoder switches to fp32 for good (and says so): a model whose
+    activations quantise badly can never degrade an index silently.
+
+    ``compile`` wraps the forward pass in ``torch.compile`` (worth it on a GPU for long runs: the first
+    batch pays the compilation).
     """
 
     def __init__(
-        self, model: LoadedModel, device: torch.device, precision: str = "fp32", min_cosine: float = 0.995
+        self,
+        model: LoadedModel,
+        device: torch.device,
+        precision: str = "fp32",
+        min_cosine: float = 0.995,
+        *,
+        compile: bool = False,
     ) -> None:
         self.model = model
         self.device = device
         self.precision: Precision = resolve_precision(precision, device)
         self.min_cosine = min_cosine
         self.checked_cosine: float | None = None
+        self.compiled = compile
         self.calls = 0
         self.images = 0
-        self._net = model.net
-        if self.precision == "int8":
-            self._net = _quantize_linear_layers(model.net)
+        net = _quantize_linear_layers(model.net) if self.precision == "int8" else model.net
+        self._features: Callable[[torch.Tensor], torch.Tensor] = net.forward_features  # type: ignore[assignment]
+        if compile:
+            self._features = cast(Callable[[torch.Tensor], torch.Tensor], torch.compile(self._features))
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.precision == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def _forward(self, net: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with self._autocast():
-            tokens = net.forward_features(x)  # type: ignore[operator]
+    def _forward(self, x: torch.Tensor, *, reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit-norm embeddings and patch tokens; ``reference``: the plain fp32 network."""
+        if reference:
+            tokens = self.model.net.forward_features(x)  # type: ignore[operator]
+        elif self.precision == "bf16":
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
+                tokens = self._features(x)
+        else:
+            tokens = self._features(x)
         patches = tokens[:, self.model.num_special_tokens :].float()
         return torch.nn.functional.normalize(patches.mean(dim=1), dim=1), patches
+
+    def _check_against_fp32(
+        self, x: torch.Tensor, embeddings: torch.Tensor, patches: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        reference, reference_patches = self._forward(x, reference=True)
+        self.checked_cosine = float((embeddings * reference).sum(dim=1).min())
+        if self.checked_cosine >= self.min_cosine:
+            return embeddings, patches
+        logger.warning(
+            "%s embeddings reach only cosine %.4f to fp32 (< %.3f): using fp32",
+            self.precision,
+            self.checked_cosine,
+            self.min_cosine,
+        )
+        self.precision = "fp32"
+        self._features = self.model.net.forward_features  # type: ignore[assignment]
+        return reference, reference_patches
 
     def encode(self, pixels: torch.Tensor) -> EncodedBatch:
         """Embed ``[B, 3, S, S]`` uint8 pixels in one forward pass."""
@@ -224,18 +320,9 @@ class Encoder:
             )
         with torch.inference_mode():
             x = normalize(pixels.to(self.device, non_blocking=True), model.rgb_mean, model.rgb_std)
-            embeddings, patches = self._forward(self._net, x)
-            if self.precision == "int8" and self.checked_cosine is None:
-                reference, reference_patches = self._forward(model.net, x)
-                self.checked_cosine = float((embeddings * reference).sum(dim=1).min())
-                if self.checked_cosine < self.min_cosine:
-                    logger.warning(
-                        "int8 embeddings reach only cosine %.4f to fp32 (< %.3f): using fp32",
-                        self.checked_cosine,
-                        self.min_cosine,
-                    )
-                    self.precision, self._net = "fp32", model.net
-                    embeddings, patches = reference, reference_patches
+            embeddings, patches = self._forward(x)
+            if self.precision != "fp32" and self.checked_cosine is None:
+                embeddings, patches = self._check_against_fp32(x, embeddings, patches)
             grid = model.grid_size
             patch_grid = patches.reshape(patches.shape[0], grid, grid, model.dim)
         self.calls += 1

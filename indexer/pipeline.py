@@ -29,10 +29,26 @@ from indexer.catalog import (
 )
 from indexer.config import RESOLVED_CONFIG_FILE, LoupeConfig, dump_config
 from indexer.decode import DecodeLimits, supported_extensions
-from indexer.encoder import Encoder, LoadedModel, load_model, resolve_device
+from indexer.device_decode import GPU_JPEG_MIN_PIXELS
+from indexer.encoder import (
+    Encoder,
+    LoadedModel,
+    load_model,
+    resolve_batch_size,
+    resolve_device,
+    should_compile,
+)
 from indexer.lock import exclusive_writer
 from indexer.patches import effective_grid, pool_patches
-from indexer.reader import PhotoDataset, ReadBatch, ReadResult, WorkItem, make_loader, read_one
+from indexer.reader import (
+    PhotoDataset,
+    ReadBatch,
+    ReadResult,
+    WorkItem,
+    finish_on_device,
+    make_loader,
+    read_one,
+)
 from indexer.scan import ScannedFile, resolve_roots, scan
 from indexer.vector_index import SyncReport, sync_index
 from indexer.vector_source import PatchVectors
@@ -64,7 +80,9 @@ class BuildSummary:
     weights_kind: str = ""
     image_size: int = 0
     precision: str = ""
-    int8_cosine: float | None = None
+    checked_cosine: float | None = None
+    batch_size: int = 0
+    compiled: bool = False
 
     @property
     def processed(self) -> int:
@@ -287,16 +305,25 @@ def _build_locked(
         logger.info("%d files found, %d unchanged, %d to read", len(scanned), summary.unchanged, len(todo))
 
         processing_started = time.perf_counter()
-        encoder = Encoder(model, device, config.runtime.precision, config.runtime.min_cosine)
+        summary.batch_size = resolve_batch_size(config.runtime.batch_size, model, device)
+        summary.compiled = bool(todo) and should_compile(config.runtime.compile, device, len(todo))
+        encoder = Encoder(model, device, config.runtime.precision, config.runtime.min_cosine, compile=summary.compiled)
         committer = _BatchCommitter(catalog, encoder, states, summary, patch_grid)
         if todo:
             limits = DecodeLimits(max_pixels=config.decode.max_pixels, max_file_bytes=config.decode.max_file_bytes)
-            dataset = PhotoDataset(todo, model.image_size, limits, frozenset(catalog.indexed_hashes()))
-            loader = make_loader(
-                dataset, config.runtime.batch_size, config.runtime.workers, pin_memory=device.type == "cuda"
+            device_jpegs = device.type == "cuda" and config.runtime.gpu_jpeg == "auto"
+            dataset = PhotoDataset(
+                todo,
+                model.image_size,
+                limits,
+                frozenset(catalog.indexed_hashes()),
+                GPU_JPEG_MIN_PIXELS if device_jpegs else None,
             )
+            loader = make_loader(dataset, summary.batch_size, config.runtime.workers, pin_memory=device.type == "cuda")
             with tqdm(total=len(todo), desc="indexing", unit="img", disable=not show_progress, smoothing=0.1) as bar:
                 for batch in loader:
+                    if device_jpegs:
+                        batch = finish_on_device(batch, model.image_size, limits, device)
                     committer.commit(batch, model.image_size, limits)
                     bar.update(len(batch.results))
 
@@ -309,7 +336,7 @@ def _build_locked(
         summary.processing_s = time.perf_counter() - processing_started
         summary.failures_by_reason = dict(committer.reasons)
         summary.precision = encoder.precision
-        summary.int8_cosine = encoder.checked_cosine
+        summary.checked_cosine = encoder.checked_cosine
 
         summary.index = sync_index(catalog, config.data_dir, config.index)
         if patch_grid:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from indexer.decode import DecodeLimits, decode_image, read_image_bytes
+from indexer.device_decode import DeviceJpeg, decode_on_device, jpeg_for_device
 from indexer.errors import DecodeError
 from indexer.preprocess import model_pixels
 
@@ -35,13 +36,15 @@ class WorkItem:
 
 @dataclass(frozen=True)
 class ReadResult:
-    """What a worker made of one file. Exactly one of ``pixels``, ``known`` or ``error_reason`` says so."""
+    """What a worker made of one file. Exactly one of ``pixels``, ``jpeg`` (left for the device decoder),
+    ``known`` or ``error_reason`` says so."""
 
     item: WorkItem
     sha256: str | None = None
     width: int | None = None
     height: int | None = None
     pixels: torch.Tensor | None = None
+    jpeg: DeviceJpeg | None = None
     known: bool = False
     error_reason: str | None = None
     error_message: str | None = None
@@ -55,15 +58,34 @@ class ReadBatch:
     pixels: torch.Tensor | None
     decoded_positions: list[int]
 
+    def pin_memory(self) -> ReadBatch:
+        """Called by the DataLoader's pinning thread (``pin_memory=True``): page-locked pixels copy to the
+        GPU asynchronously."""
+        pixels = None if self.pixels is None else self.pixels.pin_memory()
+        return ReadBatch(self.results, pixels, self.decoded_positions)
 
-def read_one(item: WorkItem, image_size: int, limits: DecodeLimits, known_hashes: frozenset[str]) -> ReadResult:
-    """Read, hash and (unless its content is known) decode one file."""
+
+def read_one(
+    item: WorkItem,
+    image_size: int,
+    limits: DecodeLimits,
+    known_hashes: frozenset[str],
+    device_jpeg_min_pixels: int | None = None,
+) -> ReadResult:
+    """Read, hash and (unless its content is known) decode one file.
+
+    With ``device_jpeg_min_pixels``, plain JPEGs of at least that many pixels are left compressed for
+    :func:`decode_on_device` (see :mod:`indexer.device_decode`)."""
     sha256: str | None = None
     try:
         data = read_image_bytes(Path(item.path), limits)
         sha256 = hashlib.sha256(data).hexdigest()
         if sha256 in known_hashes:
             return ReadResult(item=item, sha256=sha256, known=True)
+        if device_jpeg_min_pixels is not None:
+            jpeg = jpeg_for_device(data, limits, device_jpeg_min_pixels)
+            if jpeg is not None:
+                return ReadResult(item=item, sha256=sha256, width=jpeg.width, height=jpeg.height, jpeg=jpeg)
         decoded = decode_image(data, limits, min_side=image_size)
         pixels = model_pixels(decoded.image, image_size)
     except DecodeError as error:
@@ -71,22 +93,49 @@ def read_one(item: WorkItem, image_size: int, limits: DecodeLimits, known_hashes
     return ReadResult(item=item, sha256=sha256, width=decoded.width, height=decoded.height, pixels=pixels)
 
 
+def finish_on_device(batch: ReadBatch, image_size: int, limits: DecodeLimits, device: torch.device) -> ReadBatch:
+    """Decode the batch's device JPEGs on ``device``; a JPEG the device rejects is read again on the CPU
+    path, which decodes it or records why not."""
+    waiting = [i for i, result in enumerate(batch.results) if result.jpeg is not None]
+    if not waiting:
+        return batch
+    results = list(batch.results)
+    decoded = decode_on_device([results[i].jpeg for i in waiting], image_size, device)  # type: ignore[misc]
+    for position, pixels in zip(waiting, decoded, strict=True):
+        result = results[position]
+        if pixels is None:
+            results[position] = read_one(result.item, image_size, limits, frozenset())
+        else:
+            results[position] = replace(result, pixels=pixels, jpeg=None)
+    # One batch, one device: the CPU-decoded photos join the device-decoded ones.
+    for position, result in enumerate(results):
+        if result.pixels is not None and result.pixels.device != device:
+            results[position] = replace(result, pixels=result.pixels.to(device, non_blocking=True))
+    return collate(results)
+
+
 class PhotoDataset(Dataset[ReadResult]):
     """Map-style dataset over the files of one build."""
 
     def __init__(
-        self, items: Sequence[WorkItem], image_size: int, limits: DecodeLimits, known_hashes: frozenset[str]
+        self,
+        items: Sequence[WorkItem],
+        image_size: int,
+        limits: DecodeLimits,
+        known_hashes: frozenset[str],
+        device_jpeg_min_pixels: int | None = None,
     ) -> None:
         self.items = items
         self.image_size = image_size
         self.limits = limits
         self.known_hashes = known_hashes
+        self.device_jpeg_min_pixels = device_jpeg_min_pixels
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> ReadResult:
-        return read_one(self.items[index], self.image_size, self.limits, self.known_hashes)
+        return read_one(self.items[index], self.image_size, self.limits, self.known_hashes, self.device_jpeg_min_pixels)
 
 
 def collate(results: list[ReadResult]) -> ReadBatch:

@@ -32,7 +32,9 @@ def summary_to_dict(summary: BuildSummary) -> dict[str, Any]:
         "weights": summary.weights_kind,
         "image_size": summary.image_size,
         "precision": summary.precision,
-        "int8_cosine_to_fp32": summary.int8_cosine,
+        "cosine_to_fp32": summary.checked_cosine,
+        "batch_size": summary.batch_size,
+        "compiled": summary.compiled,
         "index": None
         if index is None
         else {
@@ -60,9 +62,10 @@ def build_summary_lines(summary: BuildSummary) -> list[str]:
         f"touched {summary.touched}  removed {summary.removed}  unchanged {summary.unchanged}  failed {summary.failed}",
     ]
     if summary.embedded:
-        checked = summary.int8_cosine
+        checked = summary.checked_cosine
         lines.append(
-            f"  {summary.precision} inference"
+            f"  {summary.precision} inference, batch {summary.batch_size}"
+            + (", compiled" if summary.compiled else "")
             + (f" (embeddings at cosine >= {checked:.4f} to fp32 on the first batch)" if checked is not None else "")
         )
     if summary.failures_by_reason:

@@ -201,6 +201,13 @@ class SearchEngine:
                 self._encoder = Encoder(model, device, runtime.precision, runtime.min_cosine)
             return self._encoder
 
+    def batch_size(self) -> int:
+        """Photos per forward pass for batched queries (``runtime.batch_size``, 0 = automatic)."""
+        from indexer.encoder import resolve_batch_size
+
+        encoder = self._get_encoder()
+        return resolve_batch_size(self.config.runtime.batch_size, encoder.model, encoder.device)
+
     def encode_pixels(self, pixels: Any) -> Vector:
         """Embed a ``[B, 3, S, S]`` uint8 batch (from :func:`indexer.preprocess.model_pixels`)."""
         # A forward pass in inference mode changes no module state, so threads may encode concurrently.

@@ -35,7 +35,9 @@ def test_unknown_key_is_named(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("data", "key"),
     [
-        ({"runtime": {"batch_size": 0}}, "runtime.batch_size"),
+        ({"runtime": {"batch_size": -1}}, "runtime.batch_size"),
+        ({"runtime": {"compile": "sometimes"}}, "runtime.compile"),
+        ({"runtime": {"gpu_jpeg": True}}, "runtime.gpu_jpeg"),
         ({"runtime": {"batch_size": "8"}}, "runtime.batch_size"),
         ({"runtime": {"workers": True}}, "runtime.workers"),
         ({"runtime": {"device": "tpu"}}, "runtime.device"),

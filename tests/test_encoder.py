@@ -1,12 +1,22 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from indexer.config import ModelConfig
-from indexer.encoder import Encoder, LoadedModel, load_model, resolve_precision
+from indexer.encoder import (
+    Encoder,
+    LoadedModel,
+    cpu_has_native_bf16,
+    load_model,
+    resolve_batch_size,
+    resolve_precision,
+    should_compile,
+)
 from indexer.errors import ConfigError
 from indexer.preprocess import model_pixels, normalize
 from tests.conftest import PHOTOS, TEST_IMAGE_SIZE
@@ -80,9 +90,13 @@ def test_real_size_grid_is_32_by_32() -> None:
     assert batch.patches.shape == (1, 32, 32, 384)
 
 
-def test_int8_stays_faithful(random_model: LoadedModel) -> None:
-    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+def test_auto_precision_is_the_fast_faithful_one_for_the_device() -> None:
+    assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if cpu_has_native_bf16() else "int8")
     assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+
+
+def test_int8_stays_faithful(random_model: LoadedModel) -> None:
     with pytest.raises(ConfigError, match="int8 runs on the CPU only"):
         resolve_precision("int8", torch.device("cuda"))
     pixels = _pixels(TEST_IMAGE_SIZE, count=6)
@@ -107,3 +121,44 @@ def test_unfaithful_int8_falls_back_to_fp32(random_model: LoadedModel) -> None:
     assert strict.precision == "fp32"
     np.testing.assert_array_equal(first, reference)
     np.testing.assert_array_equal(strict.encode(pixels).embeddings, reference)
+
+
+def test_int8_vector_depends_only_on_its_own_photo(random_model: LoadedModel) -> None:
+    """Activation scales are per image, so batch-mates never change a photo's vector (resumed builds and
+    queries reproduce the indexed vectors exactly)."""
+    pixels = _pixels(TEST_IMAGE_SIZE, count=4)
+    encoder = Encoder(random_model, torch.device("cpu"), "int8")
+    encoder.encode(pixels)  # the first batch's fp32 check
+    assert encoder.precision == "int8"
+    with_b = encoder.encode(pixels[[0, 1]]).embeddings
+    with_c_d = encoder.encode(pixels[[0, 2, 3]]).embeddings
+    alone = encoder.encode(pixels[[0]]).embeddings
+    np.testing.assert_array_equal(with_b[0], alone[0])
+    np.testing.assert_array_equal(with_c_d[0], alone[0])
+
+
+def test_automatic_batch_size_follows_the_token_budget(random_model: LoadedModel) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    at = {size: replace(random_model, image_size=size) for size in (64, 224, 512)}
+    assert resolve_batch_size(0, at[224], cpu) == 16
+    assert resolve_batch_size(0, at[512], cpu) == 4
+    assert resolve_batch_size(0, at[64], cpu) == 64  # capped: a kill loses at most one batch
+    assert resolve_batch_size(0, at[224], cuda) == 256
+    assert resolve_batch_size(0, at[512], cuda) == 64
+    assert resolve_batch_size(7, at[512], cpu) == 7
+
+
+def test_compile_only_where_it_pays_off() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not should_compile("auto", cpu, 1_000_000)
+    assert not should_compile("auto", cuda, 100)
+    assert should_compile("auto", cuda, 50_000)
+    assert should_compile("always", cpu, 1) and not should_compile("never", cuda, 50_000)
+
+
+@pytest.mark.slow
+def test_compiled_encoder_matches_eager(random_model: LoadedModel) -> None:
+    pixels = _pixels(TEST_IMAGE_SIZE, count=2)
+    eager = Encoder(random_model, torch.device("cpu"), "fp32").encode(pixels)
+    compiled = Encoder(random_model, torch.device("cpu"), "fp32", compile=True).encode(pixels)
+    np.testing.assert_allclose(compiled.embeddings, eager.embeddings, atol=1e-4)
