@@ -44,7 +44,7 @@ from indexer.decode import DecodeLimits, supported_extensions  # noqa: E402
 from indexer.device_decode import GPU_JPEG_MIN_PIXELS  # noqa: E402
 from indexer.encoder import Encoder, load_model, resolve_batch_size, resolve_device  # noqa: E402
 from indexer.pipeline import BuildSummary, run_build  # noqa: E402
-from indexer.reader import PhotoDataset, WorkItem, finish_on_device, make_loader  # noqa: E402
+from indexer.reader import PhotoDataset, WorkItem, finish_on_device, make_loader, resolve_workers  # noqa: E402
 
 # Issue 6's targets.
 TARGET_OVER_FORWARD = 0.85
@@ -88,7 +88,8 @@ def decode_ceiling(config: LoupeConfig, files: list[Path], batch_size: int) -> f
     items = [WorkItem(str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in files]
     size = config.model.image_size
     dataset = PhotoDataset(items, size, limits, frozenset(), GPU_JPEG_MIN_PIXELS if device_jpegs else None)
-    loader = make_loader(dataset, batch_size, config.runtime.workers, pin_memory=device.type == "cuda")
+    workers = resolve_workers(config.runtime.workers, device)
+    loader = make_loader(dataset, batch_size, workers, pin_memory=device.type == "cuda")
     started = time.perf_counter()
     count = 0
     for batch in loader:
@@ -150,7 +151,7 @@ def main() -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
     parser.add_argument("--precision", default="auto", help="auto (the build's default), fp32, bf16, int8")
     parser.add_argument("--batch-size", type=int, default=0, help="0 = the build's automatic batch size")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=-1, help="decode workers (-1 = the build's automatic count)")
     parser.add_argument("--weights", default="random", help="random (default; same cost as pretrained) or pretrained")
     parser.add_argument("--limit", type=int, help="use only the first N photos (sorted by name)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -200,7 +201,7 @@ def main() -> int:
         "cosine_to_fp32_first_batch": summary.checked_cosine,
         "batch_size": summary.batch_size,
         "compiled": summary.compiled,
-        "workers": args.workers,
+        "workers": resolve_workers(args.workers, device),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch_threads": torch.get_num_threads(),
         "forward_only_img_s": round(forward, 2),
@@ -220,7 +221,7 @@ def main() -> int:
     cosine = f", cosine >= {summary.checked_cosine:.4f} to fp32" if summary.checked_cosine is not None else ""
     print(
         f"indexing benchmark: {len(files)} photos at {args.image_size} px, {summary.precision}{cosine}, "
-        f"batch {summary.batch_size}, {args.workers} decode workers, {report['device']}, "
+        f"batch {summary.batch_size}, {report['workers']} decode workers, {report['device']}, "
         f"{report['torch_threads']} torch threads"
     )
     print(f"{'(a) forward-only':<30} {forward:8.2f} img/s  (fp32: {forward_fp32:.2f})")

@@ -48,6 +48,7 @@ from indexer.reader import (
     finish_on_device,
     make_loader,
     read_one,
+    resolve_workers,
 )
 from indexer.scan import ScannedFile, resolve_roots, scan
 from indexer.vector_index import SyncReport, sync_index
@@ -319,7 +320,8 @@ def _build_locked(
                 frozenset(catalog.indexed_hashes()),
                 GPU_JPEG_MIN_PIXELS if device_jpegs else None,
             )
-            loader = make_loader(dataset, summary.batch_size, config.runtime.workers, pin_memory=device.type == "cuda")
+            workers = resolve_workers(config.runtime.workers, device)
+            loader = make_loader(dataset, summary.batch_size, workers, pin_memory=device.type == "cuda")
             with tqdm(total=len(todo), desc="indexing", unit="img", disable=not show_progress, smoothing=0.1) as bar:
                 for batch in loader:
                     if device_jpegs:

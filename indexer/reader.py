@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -143,6 +144,16 @@ def collate(results: list[ReadResult]) -> ReadBatch:
     positions = [i for i, result in enumerate(results) if result.pixels is not None]
     pixels = torch.stack([results[i].pixels for i in positions]) if positions else None  # type: ignore[misc]
     return ReadBatch(results=results, pixels=pixels, decoded_positions=positions)
+
+
+def resolve_workers(workers: int, device: torch.device) -> int:
+    """``runtime.workers``: -1 picks the decode worker count for the device the model runs on."""
+    if workers >= 0:
+        return workers
+    cores = os.cpu_count() or 1
+    if device.type == "cuda":
+        return max(1, cores - 1)
+    return min(2, cores)
 
 
 def make_loader(dataset: PhotoDataset, batch_size: int, workers: int, pin_memory: bool) -> Iterable[ReadBatch]:

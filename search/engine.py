@@ -208,6 +208,12 @@ class SearchEngine:
         encoder = self._get_encoder()
         return resolve_batch_size(self.config.runtime.batch_size, encoder.model, encoder.device)
 
+    def decode_workers(self) -> int:
+        """Decode worker processes for batched queries (``runtime.workers``, -1 = automatic)."""
+        from indexer.reader import resolve_workers
+
+        return resolve_workers(self.config.runtime.workers, self._get_encoder().device)
+
     def encode_pixels(self, pixels: Any) -> Vector:
         """Embed a ``[B, 3, S, S]`` uint8 batch (from :func:`indexer.preprocess.model_pixels`)."""
         # A forward pass in inference mode changes no module state, so threads may encode concurrently.

@@ -162,3 +162,14 @@ def test_compiled_encoder_matches_eager(random_model: LoadedModel) -> None:
     eager = Encoder(random_model, torch.device("cpu"), "fp32").encode(pixels)
     compiled = Encoder(random_model, torch.device("cpu"), "fp32", compile=True).encode(pixels)
     np.testing.assert_allclose(compiled.embeddings, eager.embeddings, atol=1e-4)
+
+
+def test_automatic_decode_workers_follow_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    from indexer.reader import resolve_workers
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert resolve_workers(-1, torch.device("cuda")) == 15
+    assert resolve_workers(-1, torch.device("cpu")) == 2
+    assert resolve_workers(0, torch.device("cuda")) == 0 and resolve_workers(5, torch.device("cpu")) == 5
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert resolve_workers(-1, torch.device("cpu")) == 1
