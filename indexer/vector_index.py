@@ -343,7 +343,7 @@ def write_shards(
     per_shard: int,
 ) -> list[Path]:
     """Fill copies of the empty trained index ``template`` (``faiss.serialize_index``) with ``chunks``,
-    about ``per_shard`` vectors each, and write each to ``directory/shard-NNNNN.faiss``.
+    ``per_shard`` vectors each (the last one fewer), and write each to ``directory/shard-NNNNN.faiss``.
 
     A shard depends only on the template and the vectors it is given, so shards of disjoint catalog ranges
     can be written on as many machines as there are, and merged where the index is served.
@@ -358,12 +358,16 @@ def write_shards(
         paths.append(path)
 
     for ids, vectors in chunks:
-        if shard is None:
-            shard = faiss.deserialize_index(template)
-        shard.add_with_ids(vectors, ids)
-        if shard.ntotal >= per_shard:
-            flush(shard)
-            shard = None
+        start = 0
+        while start < len(ids):
+            if shard is None:
+                shard = faiss.deserialize_index(template)
+            stop = start + per_shard - int(shard.ntotal)
+            shard.add_with_ids(vectors[start:stop], ids[start:stop])
+            start = stop
+            if shard.ntotal >= per_shard:
+                flush(shard)
+                shard = None
     if shard is not None:
         flush(shard)
     return paths
@@ -432,6 +436,74 @@ def build_index_on_disk(
     return index, trained_on
 
 
+def kept_shards(
+    index: faiss.Index, removed: Ids, template: npt.NDArray[np.uint8], directory: Path, per_shard: int
+) -> list[Path]:
+    """The entries of ``index``'s lists whose ids are not in ``removed``, written list by list as shards
+    of the empty trained index ``template`` (``per_shard`` entries or so each): codes are copied, never
+    re-encoded, and never more than one shard is held in RAM."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lists = _lists_of(index)
+    removed = np.sort(np.asarray(removed, dtype=np.int64))
+    paths: list[Path] = []
+    shard: faiss.Index | None = None
+    for list_no in range(lists.nlist):
+        if lists.list_size(list_no) == 0:
+            continue
+        ids, codes = get_invlist(lists, list_no)
+        keep = ~np.isin(ids, removed, assume_unique=False)
+        kept_ids = np.ascontiguousarray(ids[keep], dtype=np.int64)
+        if len(kept_ids) == 0:
+            continue
+        kept_codes = np.ascontiguousarray(codes.reshape(len(ids), -1)[keep])
+        if shard is None:
+            shard = faiss.deserialize_index(template)
+        _lists_of(shard).add_entries(list_no, len(kept_ids), faiss.swig_ptr(kept_ids), faiss.swig_ptr(kept_codes))
+        shard.ntotal += len(kept_ids)
+        faiss.extract_index_ivf(shard).ntotal = shard.ntotal
+        if shard.ntotal >= per_shard:
+            path = directory / f"kept-{len(paths):05d}.faiss"
+            faiss.write_index(shard, str(path))
+            paths.append(path)
+            shard = None
+    if shard is not None:
+        path = directory / f"kept-{len(paths):05d}.faiss"
+        faiss.write_index(shard, str(path))
+        paths.append(path)
+    return paths
+
+
+def _updated_on_disk(
+    index: faiss.Index,
+    directory: Path,
+    meta: IndexMeta,
+    source: VectorSource,
+    to_remove: Ids,
+    to_add: Ids,
+    lists_name: str,
+) -> faiss.Index:
+    """A new on-disk index in ``directory/lists_name``: ``index``'s entries less the vectors of the photos
+    ``to_remove``, plus those of the photos ``to_add``, with the same quantizer and codec.
+
+    Published lists are never written to: readers map them, and faiss's OnDiskInvertedLists does not keep
+    its free-space map after a merge, so removing from or adding to merged lists corrupts them. The kept
+    entries are copied (a sequential pass over the codes, no re-encoding) into shards, the new vectors
+    encoded into more, and all merged into a new file, published like a rebuild.
+    """
+    empty = _empty_copy(directory, meta)
+    template = faiss.serialize_index(empty)
+    per_shard = shard_vectors(empty)
+    shard_dir = directory / f".{source.name}-shards-{uuid.uuid4().hex[:8]}"
+    try:
+        paths = kept_shards(index, source.vector_ids_of(to_remove), template, shard_dir / "kept", per_shard)
+        paths += write_shards(template, source.vectors_for(to_add), shard_dir / "added", per_shard)
+        merge_shards(empty, paths, directory / lists_name)
+    finally:
+        shutil.rmtree(shard_dir, ignore_errors=True)
+    set_nprobe(empty, meta.nprobe)
+    return empty
+
+
 def _empty_copy(directory: Path, meta: IndexMeta) -> faiss.Index:
     """The trained quantizer and codec of a written on-disk index, with empty in-RAM lists."""
     index = _read_index(directory, meta)
@@ -497,16 +569,14 @@ def _caught_up(
                 len(to_remove),
             )
             return index, meta, SyncReport(0, 0, rebuilt=False, ntotal=int(index.ntotal), spec=meta.spec, wrote=False)
-        # Never write to published lists (readers map them): update a copy, published like a rebuild.
         lists_name = _lists_file_name(source.name, revision)
-        copy = _empty_copy(directory, meta)
-        merge_lists(copy, [_lists_of(index)], directory / lists_name)
-        set_nprobe(copy, meta.nprobe)
-        index, meta = copy, replace(meta, lists_file=lists_name)
-    if len(to_remove):
+        index = _updated_on_disk(index, directory, meta, source, to_remove, to_add, lists_name)
+        meta = replace(meta, lists_file=lists_name)
+    elif len(to_remove):
         index.remove_ids(faiss.IDSelectorBatch(source.vector_ids_of(to_remove)))
-    for chunk_ids, vectors in source.vectors_for(to_add):
-        index.add_with_ids(vectors, chunk_ids)
+    if not meta.on_disk:
+        for chunk_ids, vectors in source.vectors_for(to_add):
+            index.add_with_ids(vectors, chunk_ids)
     if changed:
         meta = replace(meta, revision=revision, ntotal=int(index.ntotal), items=len(ids))
         if meta.nprobe_floor != config.nprobe:
