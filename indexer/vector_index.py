@@ -639,6 +639,8 @@ def rebuild_index(
 
 RECALL_QUERIES = 500
 RECALL_K = 10
+# Stop doubling nprobe of an IVF-PQ index when recall@10 gains less than this.
+RECALL_PLATEAU = 0.005
 
 
 def exact_top_k(source: VectorSource, queries: npt.NDArray[np.float32], k: int) -> tuple[npt.NDArray[np.float32], Ids]:
@@ -657,18 +659,29 @@ def exact_top_k(source: VectorSource, queries: npt.NDArray[np.float32], k: int) 
     return scores, np.where(positions >= 0, all_ids[np.clip(positions, 0, None)], -1)
 
 
-def recall_at_k(index: faiss.Index, queries: npt.NDArray[np.float32], exact_scores: npt.NDArray[np.float32]) -> float:
+def recall_at_k(
+    index: faiss.Index,
+    queries: npt.NDArray[np.float32],
+    exact_scores: npt.NDArray[np.float32],
+    exact_ids: Ids | None = None,
+) -> float:
     """Share of the exact top-k that ``index`` returns. Ties count: exact copies have equal scores, and
-    any of them is a right answer, so a result counts when it scores at least the exact k-th score."""
+    any of them is a right answer, so a result counts when it scores at least the exact k-th score.
+    Compressed codes only approximate the scores (often above the exact ones), so they cannot vouch for a
+    tie: with ``exact_ids`` given, a result counts only when it is one of the exact top k."""
     k = exact_scores.shape[1]
-    scores, _ = index.search(queries, k)
+    scores, ids = index.search(queries, k)
+    if exact_ids is not None:
+        hits = sum(len(set(found.tolist()) & set(truth.tolist())) for found, truth in zip(ids, exact_ids, strict=True))
+        return hits / exact_scores.size
     kth = exact_scores[:, -1:] - 1e-5
     return float(np.minimum((scores >= kth).sum(axis=1), k).sum() / exact_scores.size)
 
 
 def tune_nprobe(index: faiss.Index, meta: IndexMeta, source: VectorSource, target: float) -> IndexMeta:
     """Measure recall@10 on a seeded sample of the collection against exact search and, for IVF, double
-    nprobe from the configured floor until the recall reaches ``target`` (or every list is visited).
+    nprobe from the configured floor until the recall reaches ``target`` (or every list is visited, or,
+    for product-quantised codes, another doubling gains less than ``RECALL_PLATEAU``).
     Exact indexes of full vectors have recall 1 by construction; compressed ones are measured too."""
     ntotal = int(index.ntotal)
     if ntotal <= RECALL_K or (meta.kind == "flat" and meta.codec == "Flat"):
@@ -678,17 +691,30 @@ def tune_nprobe(index: faiss.Index, meta: IndexMeta, source: VectorSource, targe
     items = np.sort(rng.choice(ids, size=min(len(ids), RECALL_QUERIES), replace=False))
     candidates = np.concatenate([vectors for _, vectors in source.vectors_for(items)])
     queries = candidates[np.sort(rng.choice(len(candidates), size=min(RECALL_QUERIES, len(candidates)), replace=False))]
-    exact_scores, _ = exact_top_k(source, queries, RECALL_K)
+    exact_scores, exact_ids = exact_top_k(source, queries, RECALL_K)
+    compressed = meta.kind == "ivf_pq" or meta.codec != "Flat"
+
+    def recall_now() -> float:
+        return recall_at_k(index, queries, exact_scores, exact_ids if compressed else None)
+
     if meta.kind == "flat":
-        recall = recall_at_k(index, queries, exact_scores)
+        recall = recall_now()
         return replace(meta, recall_at_10=round(recall, 4), recall_ntotal=ntotal)
     ivf = faiss.extract_index_ivf(index)
     nprobe = min(max(meta.nprobe_floor, 1), ivf.nlist)
+    previous, previous_recall = 0, -1.0
     while True:
         ivf.nprobe = nprobe
-        recall = recall_at_k(index, queries, exact_scores)
+        recall = recall_now()
+        if meta.kind == "ivf_pq" and previous and recall < previous_recall + RECALL_PLATEAU:
+            # Visiting more lists no longer helps: the product codes limit recall, and doubling on to
+            # every list would make each query a scan of the whole collection.
+            nprobe, recall = previous, previous_recall
+            ivf.nprobe = nprobe
+            break
         if recall >= target or nprobe >= ivf.nlist:
             break
+        previous, previous_recall = nprobe, recall
         nprobe = min(ivf.nlist, nprobe * 2)
     logger.info("%s index: recall@10 %.3f at nprobe %d of %d lists", source.name, recall, nprobe, ivf.nlist)
     return replace(meta, nprobe=nprobe, recall_at_10=round(recall, 4), recall_ntotal=ntotal)

@@ -296,3 +296,23 @@ def test_searching_maps_the_lists_instead_of_loading_them(tmp_path: Path) -> Non
 
     assert growth("ram.faiss", 0) >= 0.9 * lists_bytes  # the control: loading reads every list
     assert growth("disk.faiss", vector_index.ON_DISK_READ_FLAGS) < 0.2 * lists_bytes
+
+
+def test_nprobe_stops_growing_when_the_codes_limit_recall(tmp_path: Path) -> None:
+    catalog = _catalog(tmp_path)
+    xb = _clustered(3_000, seed=18, centers=16)
+    _add(catalog, xb)
+    # 2-byte codes of 32-d vectors cannot reach 0.99 recall@10 however many lists are visited.
+    config = IndexConfig(exact_below=1_000, compress_above=1_000, pq_bytes=2, nprobe=1, target_recall=0.99)
+    sync_index(catalog, tmp_path, config)
+    loaded = load_index(index_dir(tmp_path))
+    assert loaded is not None and loaded.meta.recall_at_10 is not None
+    ivf = faiss.extract_index_ivf(loaded.index)
+    # Measured by ids, not by the codes' approximate scores (which overshoot and once read as 0.9998).
+    assert loaded.meta.recall_at_10 < 0.5 and loaded.meta.nprobe < ivf.nlist
+    ids, _ = catalog.indexed_ids()
+    queries = _clustered(300, seed=19, centers=16)
+    at_tuned = _recall_at_10(loaded.index, xb, ids, queries)
+    vector_index.set_nprobe(loaded.index, ivf.nlist)
+    # Visiting every list buys (almost) nothing over the tuned nprobe.
+    assert _recall_at_10(loaded.index, xb, ids, queries) - at_tuned < 0.05
