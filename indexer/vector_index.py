@@ -18,13 +18,16 @@ and publish it like a rebuild.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import math
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -211,16 +214,43 @@ def load_index(directory: Path, nprobe: int | None = None, name: str = "global")
 def _read_index(directory: Path, meta: IndexMeta) -> faiss.Index:
     """The index of ``meta``; on-disk lists are memory-mapped read-only, never loaded."""
     path = directory / meta.file
-    flags = 0
-    if meta.on_disk:
-        lists = directory / meta.lists_file
-        if not lists.is_file():
-            raise IndexFileError(f"{path} keeps its inverted lists in {lists}, which is missing")
-        flags = ON_DISK_READ_FLAGS
+    if not meta.on_disk:
+        try:
+            return faiss.read_index(str(path))
+        except RuntimeError as error:
+            raise IndexFileError(f"cannot read {path}: {error}") from error
+    lists = (directory / meta.lists_file).resolve()
+    if not lists.is_file():
+        raise IndexFileError(f"{path} keeps its inverted lists in {lists}, which is missing")
     try:
-        return faiss.read_index(str(path), flags)
+        # The header names its lists by the absolute path they were written at: right unless the data
+        # dir moved since, in which case faiss looks beside the header instead (and says so on stdout).
+        index = faiss.read_index(str(path), faiss.IO_FLAG_READ_ONLY)
+        on_disk: Any = faiss.downcast_InvertedLists(_lists_of(index))
+        if on_disk.filename == str(lists):
+            return index
+    except RuntimeError:
+        pass
+    try:
+        with _stdout_to_stderr():
+            return faiss.read_index(str(path), ON_DISK_READ_FLAGS)
     except RuntimeError as error:
         raise IndexFileError(f"cannot read {path}: {error}") from error
+
+
+@contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send what C code prints to stderr meanwhile: faiss's on-disk lists report with printf, which would
+    corrupt a CLI's ``--json`` output on stdout."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        ctypes.CDLL(None).fflush(None)  # C stdio buffers what it prints to a pipe: flush it to stderr
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -391,11 +421,13 @@ def merge_lists(index: faiss.Index, sources: Sequence[faiss.InvertedLists], list
     ivf = faiss.extract_index_ivf(index)
     if index.ntotal != 0:
         raise IndexFileError("on-disk lists can only be merged into an empty index")
-    invlists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(lists_path))
+    # An absolute path: the header records it, and readers need not share the writer's working directory.
+    invlists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(lists_path.resolve()))
     pointers = faiss.InvertedListsPtrVector()  # type: ignore[attr-defined]
     for lists in sources:
         pointers.push_back(lists)
-    ntotal = invlists.merge_from_multiple(pointers.data(), pointers.size(), False)
+    with _stdout_to_stderr():
+        ntotal = invlists.merge_from_multiple(pointers.data(), pointers.size(), False)
     ivf.replace_invlists(invlists, True)
     _disown(invlists)  # the index owns it now
     index.ntotal = ivf.ntotal = ntotal

@@ -316,3 +316,20 @@ def test_nprobe_stops_growing_when_the_codes_limit_recall(tmp_path: Path) -> Non
     vector_index.set_nprobe(loaded.index, ivf.nlist)
     # Visiting every list buys (almost) nothing over the tuned nprobe.
     assert _recall_at_10(loaded.index, xb, ids, queries) - at_tuned < 0.05
+
+
+def test_stdout_stays_clean_and_a_moved_data_dir_still_opens(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "here").mkdir()
+    catalog = _catalog(tmp_path / "here")
+    _add(catalog, _clustered(1_200, seed=20))
+    sync_index(catalog, tmp_path / "here", ON_DISK_FLAT)
+    assert load_index(index_dir(tmp_path / "here")) is not None
+    # faiss reports merges and relocations with printf; a CLI's --json output must not get them.
+    assert capfd.readouterr().out == ""
+    catalog.close()
+    (tmp_path / "here").rename(tmp_path / "there")
+    loaded = load_index(index_dir(tmp_path / "there"))
+    assert loaded is not None and loaded.index.ntotal == 1_200
+    assert "updating ondisk filename" in capfd.readouterr().err
+    _, found = loaded.index.search(_clustered(3, seed=20), 1)
+    assert (found >= 0).all()
