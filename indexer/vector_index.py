@@ -383,9 +383,7 @@ def write_shards(
     shard: faiss.Index | None = None
 
     def flush(full: faiss.Index) -> None:
-        path = directory / f"shard-{len(paths):05d}.faiss"
-        faiss.write_index(full, str(path))
-        paths.append(path)
+        paths.append(_write_shard(full, directory / f"shard-{len(paths):05d}.faiss"))
 
     for ids, vectors in chunks:
         start = 0
@@ -401,6 +399,11 @@ def write_shards(
     if shard is not None:
         flush(shard)
     return paths
+
+
+def _write_shard(shard: faiss.Index, path: Path) -> Path:
+    faiss.write_index(shard, str(path))
+    return path
 
 
 def _disown(swig_object: Any) -> None:
@@ -494,14 +497,10 @@ def kept_shards(
         shard.ntotal += len(kept_ids)
         faiss.extract_index_ivf(shard).ntotal = shard.ntotal
         if shard.ntotal >= per_shard:
-            path = directory / f"kept-{len(paths):05d}.faiss"
-            faiss.write_index(shard, str(path))
-            paths.append(path)
+            paths.append(_write_shard(shard, directory / f"kept-{len(paths):05d}.faiss"))
             shard = None
     if shard is not None:
-        path = directory / f"kept-{len(paths):05d}.faiss"
-        faiss.write_index(shard, str(path))
-        paths.append(path)
+        paths.append(_write_shard(shard, directory / f"kept-{len(paths):05d}.faiss"))
     return paths
 
 
