@@ -136,10 +136,11 @@ def test_on_disk_recall_against_exact_search(tmp_path: Path) -> None:
     assert _recall_at_10(loaded.index, xb, ids, _clustered(200, seed=5)) >= 0.93
 
 
-def test_updates_copy_the_lists_and_replace_them_atomically(tmp_path: Path) -> None:
+@pytest.mark.parametrize("config", [ON_DISK_FLAT, ON_DISK_PQ], ids=["flat", "pq"])
+def test_updates_copy_the_lists_and_replace_them_atomically(tmp_path: Path, config: IndexConfig) -> None:
     catalog = _catalog(tmp_path)
     _add(catalog, _clustered(2_000, seed=6))
-    sync_index(catalog, tmp_path, ON_DISK_FLAT)
+    sync_index(catalog, tmp_path, config)
     first = load_index(index_dir(tmp_path))
     assert first is not None
     before = _index_files(tmp_path)
@@ -149,7 +150,7 @@ def test_updates_copy_the_lists_and_replace_them_atomically(tmp_path: Path) -> N
     changed = _clustered(1, seed=99)[0]
     catalog.commit_outcomes([IndexedFile("/photos/000050.jpg", 2, 2, "f" * 64, 8, 8, changed)])
     _add(catalog, _clustered(30, seed=7), start=2_000)
-    report = sync_index(catalog, tmp_path, ON_DISK_FLAT)
+    report = sync_index(catalog, tmp_path, config)
     assert (report.removed, report.added, report.rebuilt) == (11, 31, False)
     assert check_index(catalog, tmp_path) == []
 
