@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from indexer import vector_index
-from indexer.catalog import IndexedFile
+from indexer.catalog import Catalog, IndexedFile, Provenance
 from indexer.config import IndexConfig, LoupeConfig
 from indexer.report import collection_status, storage_line
 from indexer.vector_index import (
@@ -33,7 +33,7 @@ from indexer.vector_index import (
     trained_index,
     write_shards,
 )
-from indexer.vector_source import GlobalVectors
+from indexer.vector_source import GlobalVectors, PatchVectors, decode_cell_ids
 from search.engine import SearchEngine
 from tests.test_vector_index import DIM, _add, _catalog, _clustered, _recall_at_10
 
@@ -334,3 +334,35 @@ def test_stdout_stays_clean_and_a_moved_data_dir_still_opens(tmp_path: Path, cap
     assert "updating ondisk filename" in capfd.readouterr().err
     _, found = loaded.index.search(_clustered(3, seed=20), 1)
     assert (found >= 0).all()
+
+
+def test_the_patch_index_goes_on_disk_through_the_same_code(tmp_path: Path) -> None:
+    catalog = Catalog.open(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    catalog.ensure_provenance(
+        Provenance(
+            model="m",
+            weights_kind="random",
+            weights_sha256="0" * 64,
+            weights_source="t",
+            image_size=64,
+            dim=DIM,
+            preprocessing="p",
+            patch_grid=2,
+        )
+    )
+    cells = _clustered(1_600, seed=21).reshape(400, 2, 2, DIM)
+    catalog.commit_outcomes(
+        [
+            IndexedFile(f"/p/{i:04d}.jpg", 1, 1, f"{i:064x}", 8, 8, cells[i, 0, 0], cells[i].astype(np.float16))
+            for i in range(400)
+        ]
+    )
+    patches = PatchVectors(catalog, DIM, 2)
+    report = sync_index(catalog, tmp_path, ON_DISK_FLAT, patches)
+    assert report.spec.on_disk and report.ntotal == 1_600
+    assert check_index(catalog, tmp_path, source=patches) == []
+    loaded = load_index(index_dir(tmp_path), name="patches")
+    assert loaded is not None and loaded.meta.lists_file.startswith("patches-r")
+    _, found = loaded.index.search(cells[7].reshape(4, DIM).astype(np.float16).astype(np.float32), 1)
+    # Every cell of the eighth photo finds a cell of that photo (catalog ids, in insertion order).
+    assert (decode_cell_ids(found[:, 0])[0] == catalog.indexed_ids()[0][7]).all()
