@@ -39,11 +39,13 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from indexer.vector_index import ON_DISK_READ_FLAGS, IndexSpec, merge_shards, write_shards
+from indexer.vector_index import IndexSpec, merge_shards, write_shards
 
 DIM = 384
 K = 10
 RERANK = 100
+# The lists stay where they were written (the header records their absolute path): map them read-only.
+READ_FLAGS = faiss.IO_FLAG_READ_ONLY
 PLATEAU_GAIN = 0.01
 Vectors = npt.NDArray[np.float32]
 
@@ -149,7 +151,7 @@ def mapped_rss_mb(header: Path, nprobe: int, queries: Vectors, workdir: Path) ->
     """RSS growth of a fresh process that opens the memory-mapped index, then after it ran ``queries``
     (the lists' pages it touched count as resident while cached)."""
     np.save(workdir / "queries.npy", queries)
-    command = [sys.executable, "-c", RSS_PROBE, str(header), str(ON_DISK_READ_FLAGS), str(nprobe)]
+    command = [sys.executable, "-c", RSS_PROBE, str(header), str(READ_FLAGS), str(nprobe)]
     probe = subprocess.run([*command, str(workdir / "queries.npy")], capture_output=True, text=True, check=True)
     opened, searched = (float(value) for value in probe.stdout.split()[-2:])
     return {"after_open": round(opened, 1), f"after_{len(queries)}_queries": round(searched, 1)}
@@ -162,7 +164,7 @@ def cold_latency_ms(header: Path, lists: Path, nprobe: int, queries: Vectors) ->
     times = []
     for query in queries:
         drop_from_page_cache(lists)
-        index = faiss.read_index(str(header), ON_DISK_READ_FLAGS)
+        index = faiss.read_index(str(header), READ_FLAGS)
         faiss.extract_index_ivf(index).nprobe = nprobe
         started = time.perf_counter()
         index.search(query[None, :], K)
@@ -190,7 +192,7 @@ def measure(vectors: int, nlist: int, pq_bytes: int, train_points: int, queries:
     spec = IndexSpec(kind="ivf_pq", nlist=nlist, pq_bytes=pq_bytes)
     index = faiss.index_factory(DIM, spec.factory_string, faiss.METRIC_INNER_PRODUCT)
     sample = xb[np.sort(np.random.default_rng(2).choice(vectors, size=figures["train_points"], replace=False))]
-    ivf = faiss.extract_index_ivf(index)
+    ivf: Any = faiss.extract_index_ivf(index)  # train_q1 is not in faiss's type stubs
     started, cpu = time.perf_counter(), time.process_time()
     ivf.train_q1(len(sample), faiss.swig_ptr(sample), False, faiss.METRIC_INNER_PRODUCT)
     figures["train_quantizer_s"] = round(time.perf_counter() - started, 1)
@@ -233,7 +235,7 @@ def measure(vectors: int, nlist: int, pq_bytes: int, train_points: int, queries:
         figures["disk_bytes_per_vector"] = round(lists_bytes / vectors, 2)
         figures["header_bytes"] = (workdir / "header.faiss").stat().st_size
 
-        mapped = faiss.read_index(str(workdir / "header.faiss"), ON_DISK_READ_FLAGS)
+        mapped = faiss.read_index(str(workdir / "header.faiss"), READ_FLAGS)
 
         started = time.perf_counter()
         truth = faiss.knn(xq, xb, K, metric=faiss.METRIC_INNER_PRODUCT)[1]
@@ -241,7 +243,7 @@ def measure(vectors: int, nlist: int, pq_bytes: int, train_points: int, queries:
         nprobe, recall = tune_nprobe(mapped, xq, truth, target)
         figures["nprobe"] = nprobe
         figures["recall_at_10"] = round(recall, 4)
-        faiss.extract_index_ivf(mapped).nprobe = mapped.nlist
+        faiss.extract_index_ivf(mapped).nprobe = nlist
         figures["recall_at_10_all_lists"] = round(recall_at_k(mapped.search(xq, K)[1], truth), 4)
         faiss.extract_index_ivf(mapped).nprobe = nprobe
         figures["recall_at_10_reranked_top100"] = round(reranked_recall(mapped, xb, xq, truth), 4)

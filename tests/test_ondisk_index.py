@@ -106,7 +106,7 @@ def test_synced_on_disk_index_equals_in_ram_lists_of_the_same_quantizer(tmp_path
     assert report.rebuilt and report.spec.on_disk and report.spec.kind == "ivf_pq"
     loaded = load_index(index_dir(tmp_path))
     assert loaded is not None and loaded.meta.on_disk
-    lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(loaded.index).invlists)
+    lists = faiss.downcast_InvertedLists(vector_index._lists_of(loaded.index))
     assert isinstance(lists, faiss.OnDiskInvertedLists) and lists.read_only
     assert Path(lists.filename) == index_dir(tmp_path) / loaded.meta.lists_file
 
