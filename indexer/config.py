@@ -128,6 +128,9 @@ class IndexConfig:
     max_train_points: int = _checked(200_000, _at_least(1))
     use_gpu: bool = True
     exact_codec: str = _checked("Flat", _codec)
+    # IVF indexes of at least this many vectors keep their inverted lists in a file that searches
+    # memory-map (0 = never): past a few GB of codes, RAM should hold only the quantizer.
+    on_disk_above: int = _checked(50_000_000, _at_least(0))
 
 
 @dataclass(frozen=True)

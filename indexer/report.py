@@ -62,6 +62,8 @@ def collection_status(config: LoupeConfig, *, with_failures: bool = False) -> di
         "index_revision": meta.revision if meta is not None else None,
         "index_current": meta is not None and meta.revision == revision,
         "index_written_at": meta.written_at if meta is not None else None,
+        "index_on_disk": meta is not None and meta.on_disk,
+        "index_lists_bytes": _lists_bytes(config, meta),
     }
     status["patches"] = _patch_status(config, provenance.patch_grid, patch_meta)
     if with_failures:
@@ -73,12 +75,31 @@ def collection_status(config: LoupeConfig, *, with_failures: bool = False) -> di
     return status
 
 
+def _lists_bytes(config: LoupeConfig, meta: IndexMeta | None) -> int:
+    """Size of an on-disk index's inverted-lists file (0 for an in-RAM index)."""
+    if meta is None or not meta.on_disk:
+        return 0
+    try:
+        return (index_dir(config.data_dir) / meta.lists_file).stat().st_size
+    except OSError:
+        return 0
+
+
+def storage_line(status: dict[str, Any]) -> str:
+    """How the index is held: ``in RAM`` or ``on disk, X GB lists`` (memory-mapped by searches)."""
+    if not status.get("index_on_disk"):
+        return "in RAM"
+    return f"on disk, {status['index_lists_bytes'] / 1e9:.2f} GB lists (memory-mapped)"
+
+
 def _patch_status(config: LoupeConfig, grid: int, meta: IndexMeta | None) -> dict[str, Any]:
-    """Patch vectors at a glance; bytes per image is the index file's size over its photos, which is
-    what the index costs in memory once loaded."""
+    """Patch vectors at a glance; bytes per image is the index files' size over its photos, which is
+    what the index costs in memory once loaded (in page cache, for lists on disk)."""
     if grid == 0:
         return {"enabled": False}
     index_bytes = (index_dir(config.data_dir) / meta.file).stat().st_size if meta is not None else 0
+    lists_bytes = _lists_bytes(config, meta)
+    index_bytes += lists_bytes
     items = meta.items if meta is not None else 0
     return {
         "enabled": True,
@@ -90,6 +111,8 @@ def _patch_status(config: LoupeConfig, grid: int, meta: IndexMeta | None) -> dic
         "bytes_per_image": round(index_bytes / items) if items else 0,
         "nprobe": meta.nprobe if meta is not None else 0,
         "recall_at_10": meta.recall_at_10 if meta is not None else None,
+        "index_on_disk": meta is not None and meta.on_disk,
+        "index_lists_bytes": lists_bytes,
     }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from indexer.report import RANDOM_WEIGHTS_WARNING
+from indexer.report import RANDOM_WEIGHTS_WARNING, storage_line
 
 if TYPE_CHECKING:  # status and verify must not pay for importing torch
     from indexer.pipeline import BuildSummary
@@ -92,7 +92,8 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         f"images       {status['images']} ({status['indexed']} indexed, {status['failed']} failed)",
         f"vectors      {status['vectors']} in {status['index_type'] or 'no index yet'}"
         + (f" (nlist {status['nlist']}, nprobe {status['nprobe']})" if status["nlist"] else "")
-        + (f", recall@10 {status['recall_at_10']:.3f} vs exact" if status["recall_at_10"] is not None else ""),
+        + (f", recall@10 {status['recall_at_10']:.3f} vs exact" if status["recall_at_10"] is not None else "")
+        + (f", {storage_line(status)}" if status.get("index_on_disk") else ""),
         f"model        {status['model']} at {status['image_size']} px, {status['dim']}-d",
         f"weights      {status['weights']} (sha256 {status['weights_sha256'][:16]}...)",
         f"index state  {'current' if status['index_current'] else 'BEHIND the catalog: run python -m indexer reindex'}"
@@ -103,6 +104,7 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         lines.append(
             f"patches      {patches['vectors']} vectors ({patches['grid']}x{patches['grid']} per photo) in "
             f"{patches['index_type']}, {patches['bytes_per_image'] / 1024:.1f} KB per photo"
+            + (f", {storage_line(patches)}" if patches.get("index_on_disk") else "")
         )
     else:
         lines.append("patches      off (built with --no-patches: no region search)")

@@ -27,7 +27,7 @@ from indexer.catalog import Catalog, PhotoRecord, Provenance
 from indexer.config import RESOLVED_CONFIG_FILE, LoupeConfig, ModelConfig, config_from_mapping
 from indexer.decode import DecodeLimits, decode_image, read_image_bytes
 from indexer.errors import ConfigError, DecodeError, LoupeError, ProvenanceMismatchError
-from indexer.vector_index import IndexMeta, current_index
+from indexer.vector_index import IndexMeta, current_index, index_dir, read_meta
 from indexer.vector_source import PatchVectors
 
 logger = logging.getLogger(__name__)
@@ -103,6 +103,7 @@ class SearchEngine:
         self._lock = threading.RLock()
         self._index: faiss.Index | None = None
         self._meta: IndexMeta | None = None
+        self._seen_revision = -1  # the catalog revision when the index was last (re)loaded
         self._patch_index: faiss.Index | None = None
         self._encoder: Any = None
         # Query images (uploads, files on the command line) have their own, tighter bounds; indexed photos
@@ -160,16 +161,34 @@ class SearchEngine:
 
     def _refresh(self) -> None:
         self._patch_index = None  # reloaded on the next region query
+        self._seen_revision = self.catalog.revision()
         index, meta = current_index(self.catalog, self.config.data_dir, self.config.index)
-        if self.config.index.use_gpu and index.ntotal >= GPU_SEARCH_MIN_VECTORS and faiss.get_num_gpus() > 0:
-            # Large collections search (and group duplicates) on the GPU; small ones are faster on the CPU.
+        gpu = self.config.index.use_gpu and index.ntotal >= GPU_SEARCH_MIN_VECTORS and faiss.get_num_gpus() > 0
+        # Large collections search (and group duplicates) on the GPU; small ones are faster on the CPU.
+        # On-disk lists stay memory-mapped: copying them to the GPU would need the memory they avoid.
+        if gpu and not meta.on_disk:
             index = faiss.index_cpu_to_all_gpus(index)
         self._index, self._meta = index, meta
 
+    def _pointer_moved(self) -> bool:
+        """Whether a build published another index file than the one loaded."""
+        try:
+            written = read_meta(index_dir(self.config.data_dir))
+        except LoupeError:
+            return False
+        return written is not None and self._meta is not None and written.file != self._meta.file
+
     def current(self) -> tuple[faiss.Index, IndexMeta]:
-        """The index as of the catalog's last commit (reloaded when a build committed since)."""
+        """The index as of the catalog's last commit (reloaded when a build committed since). An on-disk
+        index is not caught up in memory: until the build publishes the next one, the last one serves
+        (results whose photos left the catalog are dropped), and the pointer file is checked per query."""
         with self._lock:
-            if self._meta is None or self._meta.revision != self.catalog.revision():
+            revision = self.catalog.revision()
+            if (
+                self._meta is None
+                or revision != self._seen_revision
+                or (self._meta.revision != revision and self._pointer_moved())
+            ):
                 self._refresh()
             assert self._index is not None and self._meta is not None
             return self._index, self._meta
