@@ -8,6 +8,7 @@ and Pillow.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import importlib
 import io
@@ -116,7 +117,7 @@ def supported_extensions() -> frozenset[str]:
 def read_image_bytes(path: Path, limits: DecodeLimits) -> bytes:
     """Read a whole file, refusing anything larger than ``limits.max_file_bytes`` unread.
 
-    Raises ``DecodeError`` with reason ``missing``, ``not-a-file``, ``permission-denied``,
+    Raises ``DecodeError`` with reason ``missing``, ``not-a-file``, ``symlink-loop``, ``permission-denied``,
     ``file-too-large``, ``empty-file`` or ``unreadable``.
     """
     try:
@@ -136,6 +137,8 @@ def read_image_bytes(path: Path, limits: DecodeLimits) -> bytes:
     except PermissionError as exc:
         raise DecodeError("permission-denied", f"cannot read {path}: {exc.strerror}") from exc
     except OSError as exc:
+        if exc.errno == errno.ELOOP:  # links that lead back to themselves: a fix for the curator, not a bad file
+            raise DecodeError("symlink-loop", f"{path} is a symbolic link loop") from exc
         raise DecodeError("unreadable", f"cannot read {path}: {exc}") from exc
     if len(data) > limits.max_file_bytes:
         raise DecodeError("file-too-large", _too_large(path, len(data), limits))

@@ -496,6 +496,12 @@ def test_broken_symlink(tmp_path: Path) -> None:
     assert _read_reason(tmp_path / "link.jpg") == "missing"
 
 
+def test_symlink_loop(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").symlink_to(tmp_path / "b.jpg")
+    (tmp_path / "b.jpg").symlink_to(tmp_path / "a.jpg")
+    assert _read_reason(tmp_path / "a.jpg") == "symlink-loop"
+
+
 def test_file_too_large_is_refused_unread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = _write(tmp_path / "big.jpg", bytes(2000))
 
