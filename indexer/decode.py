@@ -44,6 +44,10 @@ _ORIENTATION_TRANSPOSE = {
 }
 _SWAPS_SIDES = frozenset({5, 6, 7, 8})
 
+# Leading bytes of the formats we open: a file that starts like one but that Pillow cannot identify is a
+# damaged photo ("corrupt": restore it from a backup), not some other kind of file ("not-an-image").
+_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
+
 # Pillow's OSError messages for pixel data that stops early.
 _TRUNCATION_HINTS = ("truncated", "broken data stream")
 
@@ -181,6 +185,8 @@ def decode_image(data: bytes, limits: DecodeLimits, *, min_side: int | None = No
     except DecodeError:
         raise
     except UnidentifiedImageError as exc:
+        if data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
+            raise DecodeError("corrupt", f"damaged header: starts like an image but cannot be read ({exc})") from exc
         raise DecodeError("not-an-image", f"not a supported image format (starts {data[:16]!r})") from exc
     except Image.DecompressionBombError as exc:
         raise DecodeError("too-many-pixels", str(exc)) from exc
