@@ -36,6 +36,7 @@ from typing import Any
 
 PHASES = ("scan", "decode", "inference", "commit", "index-write", "none")
 REPO = Path(__file__).resolve().parents[1]
+HARNESS_FILE = str(Path(__file__).resolve())
 
 
 def harness_env() -> dict[str, str]:
