@@ -8,8 +8,10 @@
   the encoder was given (the tests map these back to files), written and fsync'ed after the forward
   pass returns, so the log holds exactly the embeddings that were computed.
 * At the N-th time the build reaches ``PHASE`` the harness acts. ``ACTION`` is ``kill`` (the default:
-  SIGKILL this process, as abruptly as the OOM killer or a power cut would) or the path of a JSON file
-  ``{"delete": [paths], "replace": {path: source}}`` applied once (files changing under a build).
+  SIGKILL this process, as abruptly as the OOM killer or a power cut would), ``stop`` (SIGSTOP: the
+  process freezes where it is, locks and open transaction included, until the test sends SIGCONT) or
+  the path of a JSON file ``{"delete": [paths], "replace": {path: source}}`` applied once (files
+  changing under a build).
 
 Phases, each hooked where the work really happens rather than where the pipeline calls it:
 
@@ -113,6 +115,8 @@ class _Trigger:
             if before_kill is not None:
                 before_kill()
             os.kill(os.getpid(), signal.SIGKILL)
+        elif self.action == "stop":
+            os.kill(os.getpid(), signal.SIGSTOP)
         else:
             _mutate(Path(self.action))
 
