@@ -115,9 +115,10 @@ def assert_same_as_reference(data: Path, reference: Path, photos: list[Path]) ->
     assert loaded is not None
     assert sorted(index_ids(loaded.index).tolist()) == catalog_ids
     reference_rows = catalog_rows(reference)
-    assert {p: e for p, (_, e) in rows.items()} == {p: e for p, (_, e) in reference_rows.items()}
-    queries = [str(p) for p in random.Random(SEED).sample(photos, 8)]
-    assert neighbours(data, queries) == neighbours(reference, queries)
+    assert {p: e for p, (_, e) in rows.items()} == {p: reference_rows[p][1] for p in rows}
+    if len(reference_rows) == len(rows):  # the same collection: the same answers
+        queries = [str(p) for p in random.Random(SEED).sample(photos, 8)]
+        assert neighbours(data, queries) == neighbours(reference, queries)
 
 
 @dataclass(frozen=True)
@@ -239,9 +240,14 @@ def small_disk(mount_point: Path, size: str) -> Iterator[Callable[[str], None]]:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
+FULL_DISK_PHOTOS = 64
+
+
 def _fill_then_finish(
     collection: Collection, tmp_path: Path, data: Path, first_try: subprocess.CompletedProcess[str], message: str
 ) -> None:
+    """The build that ran out of space failed cleanly and lost nothing; a rerun with space completes."""
+    photos = collection.photos[:FULL_DISK_PHOTOS]
     calls = tmp_path / "calls.log"
     assert first_try.returncode == 2, first_try.stderr
     assert first_try.stderr.startswith("error: ") and "Traceback" not in first_try.stderr
@@ -250,22 +256,28 @@ def _fill_then_finish(
     rows = catalog_rows(data)
     reference = catalog_rows(collection.reference)
     committed = {path for path, (status, _) in rows.items() if status == "indexed"}
-    assert 0 < len(committed) < PHOTOS
+    assert 0 < len(committed) < len(photos)
     assert all(rows[path] == reference[path] for path in committed)
 
     logged = len(logged_calls(calls))
-    done = collection.harness.run(calls, "none", 0, [*build_args(collection.photos_dir, data), "--json"])
+    done = collection.harness.run(calls, "none", 0, [*full_disk_args(photos, data), "--json"])
     assert done.returncode == 0, done.stderr
     assert not committed & {collection.by_pixels[h] for h in logged_calls(calls)[logged:]}
-    assert_same_as_reference(data, collection.reference, collection.photos)
+    assert_same_as_reference(data, collection.reference, photos)
+
+
+def full_disk_args(photos: list[Path], data: Path) -> list[str]:
+    """A build of some of the photos, named one by one (a third of the collection keeps the test short)."""
+    return [*build_args(photos[0], data)[:1], *map(str, photos), *build_args(photos[0], data)[2:]]
 
 
 def test_full_disk_fails_cleanly_keeps_the_committed_work_and_the_next_run_completes(
     collection: Collection, tmp_path: Path
 ) -> None:
-    with small_disk(tmp_path / "disk", "1m") as resize:
+    with small_disk(tmp_path / "disk", "400k") as resize:
         data = tmp_path / "disk" / "data"
-        first = collection.harness.run(tmp_path / "calls.log", "none", 0, build_args(collection.photos_dir, data))
+        photos = collection.photos[:FULL_DISK_PHOTOS]
+        first = collection.harness.run(tmp_path / "calls.log", "none", 0, full_disk_args(photos, data))
         resize("64m")
         _fill_then_finish(collection, tmp_path, data, first, "database or disk is full")
 
@@ -279,8 +291,9 @@ def test_file_size_limit_fails_cleanly_like_a_full_disk(collection: Collection, 
         subprocess.run(["umount", str(probe)], check=True)
         pytest.skip("a tmpfs can be mounted here: the real full-disk test ran instead")
     data = tmp_path / "data"
+    photos = collection.photos[:FULL_DISK_PHOTOS]
     first = collection.harness.run(
-        tmp_path / "calls.log", "none", 0, build_args(collection.photos_dir, data), max_file_bytes=1 << 20
+        tmp_path / "calls.log", "none", 0, full_disk_args(photos, data), max_file_bytes=400_000
     )
     # SQLite reports a write refused with EFBIG as an I/O error.
     _fill_then_finish(collection, tmp_path, data, first, "disk I/O error")
