@@ -214,6 +214,10 @@ def write_index(directory: Path, index: faiss.Index, meta: IndexMeta, name: str 
     for old in directory.glob(f"{name}-r*.faiss"):
         if old.name != file_name:
             old.unlink(missing_ok=True)
+    # Temporary files of a writer killed mid-write (SIGKILL skips its cleanup). Builds and reindexes hold
+    # the data dir's writer lock, so no other writer's file can be in flight here.
+    for stale in [*directory.glob(f".{name}-r*.faiss.*.tmp"), *directory.glob(f".{name}.json.*.tmp")]:
+        stale.unlink(missing_ok=True)
     return final
 
 

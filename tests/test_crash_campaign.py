@@ -113,6 +113,7 @@ def assert_same_as_reference(data: Path, reference: Path, photos: list[Path]) ->
         catalog_ids = sorted(i for (i,) in connection.execute("SELECT id FROM images WHERE status = 'indexed'"))
     loaded = load_index(index_dir(data))
     assert loaded is not None
+    assert not list(index_dir(data).glob(".*.tmp"))  # torn files of killed writers are cleared
     assert sorted(index_ids(loaded.index).tolist()) == catalog_ids
     reference_rows = catalog_rows(reference)
     assert {p: e for p, (_, e) in rows.items()} == {p: reference_rows[p][1] for p in rows}
