@@ -26,6 +26,7 @@ Phases, each hooked where the work really happens rather than where the pipeline
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -33,6 +34,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -259,3 +261,17 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """For builds inside the test process: one intra-op thread, as the harness's children use (see
+    harness_env), then the previous setting back."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -27,6 +27,7 @@ from indexer.errors import WeightsError
 from indexer.pipeline import run_build
 from search.engine import SearchEngine
 from tests.conftest import PHOTOS, small_config
+from tests.crash_harness import one_torch_thread
 from ui.thumbnails import full_image, thumbnail, thumbnail_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,7 +77,8 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         shutil.copy(PHOTOS / name, photos / name)
     for i, name in enumerate(NASTY_NAMES):
         _noise(i).save(photos / name, "JPEG")
-    summary = run_build(small_config(root / "data"), [photos], show_progress=False)
+    with one_torch_thread():
+        summary = run_build(small_config(root / "data"), [photos], show_progress=False)
     assert summary.new == 3 + len(NASTY_NAMES)
     return photos, root / "data"
 
