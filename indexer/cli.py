@@ -85,7 +85,11 @@ def setup_build(parser: argparse.ArgumentParser) -> None:
         "--no-patches", action="store_true", help="no patch vectors: smaller index, no region search (config: patches)"
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when any file failed")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when any scanned file is failed: in this build, or in an earlier one and unchanged since",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -110,7 +114,7 @@ def main_build(args: argparse.Namespace) -> int:
     else:
         for line in build_summary_lines(summary):
             print(line)
-    return EXIT_PROBLEMS if args.strict and summary.failed else EXIT_OK
+    return EXIT_PROBLEMS if args.strict and (summary.failed or summary.unchanged_failed) else EXIT_OK
 
 
 # status ------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ and Pillow.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import importlib
 import io
@@ -42,6 +43,10 @@ _ORIENTATION_TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }
 _SWAPS_SIDES = frozenset({5, 6, 7, 8})
+
+# Leading bytes of the formats we open: a file that starts like one but that Pillow cannot identify is a
+# damaged photo ("corrupt": restore it from a backup), not some other kind of file ("not-an-image").
+_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
 
 # Pillow's OSError messages for pixel data that stops early.
 _TRUNCATION_HINTS = ("truncated", "broken data stream")
@@ -116,7 +121,7 @@ def supported_extensions() -> frozenset[str]:
 def read_image_bytes(path: Path, limits: DecodeLimits) -> bytes:
     """Read a whole file, refusing anything larger than ``limits.max_file_bytes`` unread.
 
-    Raises ``DecodeError`` with reason ``missing``, ``not-a-file``, ``permission-denied``,
+    Raises ``DecodeError`` with reason ``missing``, ``not-a-file``, ``symlink-loop``, ``permission-denied``,
     ``file-too-large``, ``empty-file`` or ``unreadable``.
     """
     try:
@@ -136,6 +141,8 @@ def read_image_bytes(path: Path, limits: DecodeLimits) -> bytes:
     except PermissionError as exc:
         raise DecodeError("permission-denied", f"cannot read {path}: {exc.strerror}") from exc
     except OSError as exc:
+        if exc.errno == errno.ELOOP:  # links that lead back to themselves: a fix for the curator, not a bad file
+            raise DecodeError("symlink-loop", f"{path} is a symbolic link loop") from exc
         raise DecodeError("unreadable", f"cannot read {path}: {exc}") from exc
     if len(data) > limits.max_file_bytes:
         raise DecodeError("file-too-large", _too_large(path, len(data), limits))
@@ -178,6 +185,8 @@ def decode_image(data: bytes, limits: DecodeLimits, *, min_side: int | None = No
     except DecodeError:
         raise
     except UnidentifiedImageError as exc:
+        if data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
+            raise DecodeError("corrupt", f"damaged header: starts like an image but cannot be read ({exc})") from exc
         raise DecodeError("not-an-image", f"not a supported image format (starts {data[:16]!r})") from exc
     except Image.DecompressionBombError as exc:
         raise DecodeError("too-many-pixels", str(exc)) from exc

@@ -11,6 +11,7 @@ import copy
 import hashlib
 import logging
 import math
+import pickle
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,8 +106,10 @@ def _file_model(
     from birder.common import fs_ops
 
     try:
+        # birder loads .pt files with torch.load(weights_only=True): a pickle that asks to call anything
+        # but tensor constructors is refused (UnpicklingError) before it runs.
         net, info = fs_ops.load_model(device, config.network, path=path, tag=config.tag, inference=True)
-    except (RuntimeError, KeyError, ValueError, OSError) as error:
+    except (RuntimeError, KeyError, ValueError, OSError, pickle.UnpicklingError) as error:
         raise WeightsError(f"{path} is not a birder {config.network} weights file: {error}") from error
     identity = WeightsIdentity(kind=kind, sha256=sha256, source=str(path))
     return cast(torch.nn.Module, net), identity, dict(info.rgb_stats)

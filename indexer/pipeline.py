@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from indexer.catalog import (
+    STATUS_FAILED,
     Catalog,
     FailedFile,
     FileOutcome,
@@ -71,6 +72,8 @@ class BuildSummary:
     touched: int = 0
     removed: int = 0
     failed: int = 0
+    # Scanned files that failed in an earlier build and were not read again (unchanged since).
+    unchanged_failed: int = 0
     embedded: int = 0
     model_batches: int = 0
     elapsed_s: float = 0.0
@@ -303,6 +306,10 @@ def _build_locked(
         summary.scanned = len(scanned)
         states = catalog.file_states()
         todo, summary.unchanged = plan_work(scanned, states)
+        to_read = {item.path for item in todo}
+        summary.unchanged_failed = sum(
+            1 for file in scanned if str(file.path) not in to_read and states[str(file.path)].status == STATUS_FAILED
+        )
         logger.info("%d files found, %d unchanged, %d to read", len(scanned), summary.unchanged, len(todo))
 
         processing_started = time.perf_counter()

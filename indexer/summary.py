@@ -23,6 +23,7 @@ def summary_to_dict(summary: BuildSummary) -> dict[str, Any]:
         "touched": summary.touched,
         "removed": summary.removed,
         "failed": summary.failed,
+        "unchanged_failed": summary.unchanged_failed,
         "failures_by_reason": summary.failures_by_reason,
         "embedded": summary.embedded,
         "model_batches": summary.model_batches,
@@ -68,6 +69,8 @@ def build_summary_lines(summary: BuildSummary) -> list[str]:
             + (", compiled" if summary.compiled else "")
             + (f" (embeddings at cosine >= {checked:.4f} to fp32 on the first batch)" if checked is not None else "")
         )
+    if summary.unchanged_failed:
+        lines.append(f"  {summary.unchanged_failed} unchanged files are still failed from earlier builds")
     if summary.failures_by_reason:
         reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(summary.failures_by_reason.items()))
         lines.append(f"  failures by reason: {reasons} (python -m indexer status --failures lists them)")

@@ -303,6 +303,10 @@ def write_index(directory: Path, index: faiss.Index, meta: IndexMeta, name: str 
             old.unlink(missing_ok=True)
     for shards in directory.glob(f".{name}-shards-*"):
         shutil.rmtree(shards, ignore_errors=True)  # left by a build killed before it merged
+    # Temporary files of a writer killed mid-write (SIGKILL skips its cleanup). Builds and reindexes hold
+    # the data dir's writer lock, so no other writer's file can be in flight here.
+    for stale in [*directory.glob(f".{name}-r*.faiss.*.tmp"), *directory.glob(f".{name}.json.*.tmp")]:
+        stale.unlink(missing_ok=True)
     return final
 
 

@@ -473,6 +473,22 @@ def test_not_an_image(tmp_path: Path, name: str, content: bytes) -> None:
 # --- reading files ----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "TIFF", "WEBP"])
+def test_damaged_header_of_a_known_format_is_corrupt_not_foreign(fmt: str) -> None:
+    data = bytearray(_encode(_noise(16, 16), fmt))
+    if fmt == "PNG":
+        data[29] ^= 0xFF  # IHDR's CRC
+    elif fmt == "JPEG":
+        data[3:] = b"\x00" * (len(data) - 3)  # no valid marker after SOI
+    elif fmt == "GIF":
+        data[6:] = b"\xff" * 20  # nothing after the signature
+    elif fmt == "TIFF":
+        data[4:8] = b"\xff\xff\xff\xff"  # first IFD far past the end
+    else:
+        data[12:16] = b"XXXX"  # unknown WebP chunk
+    assert _reason(bytes(data)) == "corrupt"
+
+
 def test_empty_file(tmp_path: Path) -> None:
     assert _read_reason(_write(tmp_path / "empty.jpg", b"")) == "empty-file"
 
@@ -494,6 +510,12 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_broken_symlink(tmp_path: Path) -> None:
     (tmp_path / "link.jpg").symlink_to(tmp_path / "target.jpg")
     assert _read_reason(tmp_path / "link.jpg") == "missing"
+
+
+def test_symlink_loop(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").symlink_to(tmp_path / "b.jpg")
+    (tmp_path / "b.jpg").symlink_to(tmp_path / "a.jpg")
+    assert _read_reason(tmp_path / "a.jpg") == "symlink-loop"
 
 
 def test_file_too_large_is_refused_unread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

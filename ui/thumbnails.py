@@ -1,13 +1,16 @@
 """Thumbnails, cached on disk under the data dir, and the overlays drawn on them.
 
 Only photos of the catalog are ever read, by id: the file path comes from the catalog row, never from
-the browser, so no request can make the app read another file. A thumbnail is made once (reduced-size
-JPEG decoding, EXIF orientation applied) and named by photo id and content hash, so a changed photo
-gets a new one.
+the browser, so no request can make the app read another file. And only the bytes that were indexed are
+shown: a file whose sha256 no longer matches its row (edited since, or swapped for a symlink to some
+other file) is not displayed until a build indexes the new content. A thumbnail is made once
+(reduced-size JPEG decoding, EXIF orientation applied) and named by photo id and content hash, so a
+changed photo gets a new one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import uuid
@@ -18,7 +21,7 @@ import numpy.typing as npt
 from PIL import Image, ImageDraw
 
 from indexer.catalog import PhotoRecord
-from indexer.decode import DecodeLimits, load_image
+from indexer.decode import DecodedImage, DecodeLimits, decode_image, read_image_bytes
 from indexer.errors import DecodeError
 
 logger = logging.getLogger(__name__)
@@ -31,15 +34,27 @@ def thumbnail_dir(data_dir: Path) -> Path:
     return data_dir / "thumbnails"
 
 
+def read_indexed(photo: PhotoRecord, limits: DecodeLimits, min_side: int) -> DecodedImage | None:
+    """The photo's pixels if its file still holds the bytes that were indexed; None (logged) otherwise."""
+    try:
+        data = read_image_bytes(Path(photo.path), limits)
+        if hashlib.sha256(data).hexdigest() != photo.sha256:
+            logger.warning("not showing %s: its content changed since it was indexed", photo.path)
+            return None
+        return decode_image(data, limits, min_side=min_side)
+    except DecodeError as error:
+        logger.warning("cannot show %s: %s", photo.path, error)
+        return None
+
+
 def thumbnail(data_dir: Path, photo: PhotoRecord, limits: DecodeLimits) -> Path | None:
-    """The cached thumbnail of an indexed photo (made on first use); None if the file is gone or broken."""
+    """The cached thumbnail of an indexed photo (made on first use); None if the file is gone, broken or no
+    longer the indexed content."""
     target = thumbnail_dir(data_dir) / f"{photo.id}-{photo.sha256[:12]}.jpg"
     if target.exists():
         return target
-    try:
-        decoded, _ = load_image(Path(photo.path), limits, min_side=THUMBNAIL_SIDE)
-    except DecodeError as error:
-        logger.warning("no thumbnail for %s: %s", photo.path, error)
+    decoded = read_indexed(photo, limits, THUMBNAIL_SIDE)
+    if decoded is None:
         return None
     image = decoded.image
     image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS)
@@ -51,10 +66,10 @@ def thumbnail(data_dir: Path, photo: PhotoRecord, limits: DecodeLimits) -> Path 
 
 
 def full_image(photo: PhotoRecord, limits: DecodeLimits, longest_side: int = 1600) -> Image.Image | None:
-    """An indexed photo for the side-by-side view, oriented, at most ``longest_side`` pixels."""
-    try:
-        decoded, _ = load_image(Path(photo.path), limits, min_side=longest_side)
-    except DecodeError:
+    """An indexed photo for the side-by-side view, oriented, at most ``longest_side`` pixels; None as for
+    :func:`thumbnail`."""
+    decoded = read_indexed(photo, limits, longest_side)
+    if decoded is None:
         return None
     image = decoded.image
     image.thumbnail((longest_side, longest_side), Image.Resampling.LANCZOS)
