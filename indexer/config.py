@@ -51,6 +51,12 @@ def _precision(value: Any) -> str | None:
     return None
 
 
+def _engine(value: Any) -> str | None:
+    if value not in ("local", "ray"):
+        return "must be local or ray"
+    return None
+
+
 def _weights(value: Any) -> str | None:
     if value == "":
         return "must be 'pretrained', 'random' or the path of a .pt file"
@@ -88,6 +94,11 @@ class RuntimeConfig:
     min_cosine: float = _checked(0.995, _at_least(0.0))
     batch_size: int = _checked(16, _at_least(1))
     workers: int = _checked(2, _at_least(0))
+    engine: str = _checked("local", _engine)
+    ray_address: str | None = None
+    ray_num_cpus: int = _checked(0, _at_least(0))
+    ray_actors: int = _checked(0, _at_least(0))
+    ray_actor_cpus: int = _checked(1, _at_least(1))
 
 
 @dataclass(frozen=True)
