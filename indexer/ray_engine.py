@@ -280,6 +280,19 @@ def _model_actors(config: LoupeConfig, cluster: dict[str, float]) -> tuple[int, 
     return actors, 1.0 if use_gpus else 0.0
 
 
+def _engine_error(error: Exception) -> LoupeError:
+    """A worker's own typed error when Ray kept it, else an :class:`EngineError` with the gist of Ray's report.
+
+    An actor that fails in its constructor (weights missing on a node, another weights hash) reaches the
+    driver only as text: a remote traceback whose last line is the worker's exception.
+    """
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, LoupeError):
+        return cause
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return EngineError(f"the Ray engine failed: {lines[-1] if lines else type(error).__name__}")
+
+
 def _input_dataset(todo: Sequence[WorkItem], batch_size: int, cpus: int) -> ray.data.Dataset:
     import pyarrow as pa
     import ray.data
@@ -369,7 +382,7 @@ def embed_with_ray(
         except LoupeError:
             raise
         except ray.exceptions.RayError as error:
-            raise EngineError(f"the Ray engine failed: {error}") from error
+            raise _engine_error(error) from error
     finally:
         if started_here:
             ray.shutdown()

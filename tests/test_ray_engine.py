@@ -10,7 +10,7 @@ import builtins
 import logging
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,12 @@ import pytest
 import torch
 
 from indexer.catalog import Catalog
-from indexer.errors import ConfigError, EngineUnavailableError
+from indexer.decode import DecodeLimits
+from indexer.encoder import Encoder, LoadedModel
+from indexer.errors import ConfigError, EngineError, EngineUnavailableError, WeightsError
+from indexer.patches import pool_patches
 from indexer.pipeline import BuildSummary, run_build
-from indexer.reader import ReadResult, WorkItem
+from indexer.reader import ReadResult, WorkItem, read_one
 from indexer.vector_index import check_index
 from search.engine import SearchEngine
 from tests.conftest import PHOTOS, small_config
@@ -29,6 +32,9 @@ from tests.conftest import PHOTOS, small_config
 ray = pytest.importorskip("ray")
 
 from indexer.ray_engine import (  # noqa: E402
+    DecodeStage,
+    EmbedStage,
+    _engine_error,
     _model_actors,
     batch_outputs,
     batch_to_results,
@@ -257,3 +263,65 @@ def test_missing_ray_is_a_typed_error(monkeypatch: pytest.MonkeyPatch, tmp_path:
 def test_engine_setting_is_validated() -> None:
     with pytest.raises(ConfigError, match=r"runtime\.engine"):
         small_config(Path("d"), **{"runtime.engine": "spark"})
+
+
+def _stage_input(paths: list[Path]) -> dict[str, np.ndarray]:
+    return {
+        "path": np.array([str(p) for p in paths], dtype=object),
+        "size_bytes": np.array([p.stat().st_size for p in paths], dtype=np.int64),
+        "mtime_ns": np.array([p.stat().st_mtime_ns for p in paths], dtype=np.int64),
+    }
+
+
+def random_model_config() -> Any:
+    return small_config(Path("unused")).model
+
+
+def test_stages_in_process_match_the_local_encoder(random_model: LoadedModel, tmp_path: Path) -> None:
+    """The two stages, run here without Ray, give the local engine's vectors; known content skips the model."""
+    photos = sorted(PHOTOS.glob("*.jpg"))[:3]
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(photos[0].read_bytes()[:2000])
+    paths = [*photos, photos[0], truncated]  # a duplicate within the batch, and a failure
+    limits = DecodeLimits(max_pixels=10**8, max_file_bytes=10**8)
+    known_sha = read_one(WorkItem(str(photos[2]), 0, 0), 64, limits, frozenset()).sha256
+    assert known_sha is not None
+    decoded = DecodeStage(64, limits, frozenset({known_sha}))(_stage_input(paths))
+    assert list(decoded["known"]) == [False, False, True, False, False]
+    assert list(decoded["error_reason"]) == ["", "", "", "", "truncated"]
+
+    threads = torch.get_num_threads()
+    try:
+        stage = EmbedStage(random_model_config(), "cpu", "fp32", 0.995, 2, random_model.weights.sha256, threads)
+        embedded = stage(decoded)
+    finally:
+        torch.set_num_threads(threads)
+    assert "pixels" not in embedded
+    assert [len(e) > 0 for e in embedded["embedding"]] == [True, True, False, False, False]
+
+    pixels = torch.stack([r.pixels for r in batch_to_results(decoded, 64)[:2]])  # type: ignore[misc]
+    reference = Encoder(random_model, torch.device("cpu")).encode(pixels)
+    outputs = batch_outputs(embedded, random_model.dim, 2)
+    for i in range(2):
+        output = outputs[str(decoded["sha256"][i])]
+        np.testing.assert_array_equal(output.embedding, reference.embeddings[i])
+        assert output.patches is not None
+        np.testing.assert_array_equal(output.patches, pool_patches(reference.patches, 2)[i])
+
+
+def test_a_model_actor_with_other_weights_refuses_to_embed(random_model: LoadedModel) -> None:
+    other_seed = replace(random_model_config(), random_seed=1)
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(WeightsError, match="every node must read the same weights"):
+            EmbedStage(other_seed, "cpu", "fp32", 0.995, 2, random_model.weights.sha256, threads)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_ray_failures_become_typed_errors() -> None:
+    remote = ray.exceptions.ActorDiedError()
+    remote.error_msg = "The actor died...\n  File x\nindexer.errors.WeightsError: weights differ"  # type: ignore[attr-defined]
+    error = _engine_error(remote)
+    assert isinstance(error, EngineError)
+    assert str(error) == "the Ray engine failed: indexer.errors.WeightsError: weights differ"
