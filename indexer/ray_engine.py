@@ -91,7 +91,13 @@ def connect(config: LoupeConfig) -> bool:
         options["num_cpus"] = runtime.ray_num_cpus or None
         options["include_dashboard"] = False
     logger.info("starting Ray at %s", runtime.ray_address or "a private local instance")
-    ray.init(address=runtime.ray_address, **options)
+    try:
+        # "local" starts a private instance even when `ray start` left a cluster address behind: a plain
+        # ray.init() would join (or, when that cluster is gone, wait for) it instead.
+        ray.init(address=runtime.ray_address or "local", **options)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        where = runtime.ray_address or "a private local instance"
+        raise EngineError(f"cannot start or join Ray at {where}: {error}") from error
     return True
 
 

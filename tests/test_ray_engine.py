@@ -54,6 +54,7 @@ def ray_instance() -> Iterator[None]:
         yield
         return
     ray.init(
+        address="local",
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
