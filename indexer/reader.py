@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,7 @@ class ReadBatch:
     decoded_positions: list[int]
 
 
-def read_one(item: WorkItem, image_size: int, limits: DecodeLimits, known_hashes: frozenset[str]) -> ReadResult:
+def read_one(item: WorkItem, image_size: int, limits: DecodeLimits, known_hashes: Container[str]) -> ReadResult:
     """Read, hash and (unless its content is known) decode one file."""
     sha256: str | None = None
     try:

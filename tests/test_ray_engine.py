@@ -34,6 +34,7 @@ ray = pytest.importorskip("ray")
 from indexer.ray_engine import (  # noqa: E402
     DecodeStage,
     EmbedStage,
+    KnownHashes,
     _engine_error,
     _model_actors,
     batch_outputs,
@@ -287,7 +288,7 @@ def test_stages_in_process_match_the_local_encoder(random_model: LoadedModel, tm
     limits = DecodeLimits(max_pixels=10**8, max_file_bytes=10**8)
     known_sha = read_one(WorkItem(str(photos[2]), 0, 0), 64, limits, frozenset()).sha256
     assert known_sha is not None
-    decoded = DecodeStage(64, limits, frozenset({known_sha}))(_stage_input(paths))
+    decoded = DecodeStage(64, limits, KnownHashes([known_sha]))(_stage_input(paths))
     assert list(decoded["known"]) == [False, False, True, False, False]
     assert list(decoded["error_reason"]) == ["", "", "", "", "truncated"]
 
@@ -326,3 +327,16 @@ def test_ray_failures_become_typed_errors() -> None:
     error = _engine_error(remote)
     assert isinstance(error, EngineError)
     assert str(error) == "the Ray engine failed: indexer.errors.WeightsError: weights differ"
+
+
+def test_known_hashes_answer_like_a_set() -> None:
+    rng = np.random.default_rng(0)
+    digests = [rng.bytes(32) for _ in range(200)]
+    digests += [bytes(31) + b"\x01", bytes(32), b"\xff" * 30 + bytes(2)]  # leading and trailing zero bytes
+    members = [d.hex() for d in digests[::2]]
+    known = KnownHashes(members)
+    assert len(known) == len(members)
+    for digest in digests:
+        assert (digest.hex() in known) == (digest.hex() in set(members)), digest.hex()
+    assert "not-a-hash" not in known and None not in known
+    assert bytes(32).hex() not in KnownHashes([])
