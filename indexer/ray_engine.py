@@ -206,14 +206,20 @@ class KnownHashes:
     """The content hashes already in the catalog, as a sorted array of 32-byte digests.
 
     Every decode actor needs them. As a set of hex strings 20 million hashes take about 3 GB in every
-    actor; as one numpy array they take 640 MB, stored once in Ray's object store, and Ray's serializer
+    actor; as one numpy array they take 660 MB, stored once in Ray's object store, and Ray's serializer
     keeps numpy buffers out of band, so the actors of a node can share that copy.
     """
 
     def __init__(self, hex_digests: Iterable[str]) -> None:
-        digests = np.array([bytes.fromhex(h) for h in hex_digests], dtype="S32")
+        digests = np.array([self._key(h) for h in hex_digests], dtype="S33")
         digests.sort()
         self.digests = digests
+
+    @staticmethod
+    def _key(sha256: str) -> bytes:
+        # numpy's fixed-size bytes drop trailing NUL bytes, which a digest may end with: a final 0x01
+        # keeps every key whole.
+        return bytes.fromhex(sha256) + b"\x01"
 
     def __len__(self) -> int:
         return len(self.digests)
@@ -221,7 +227,10 @@ class KnownHashes:
     def __contains__(self, sha256: object) -> bool:
         if not isinstance(sha256, str) or len(sha256) != 64:
             return False
-        key = np.bytes_(bytes.fromhex(sha256))
+        try:
+            key = np.bytes_(self._key(sha256))
+        except ValueError:  # not hexadecimal
+            return False
         position = int(np.searchsorted(self.digests, key))
         return position < len(self.digests) and bool(self.digests[position] == key)
 
