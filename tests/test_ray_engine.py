@@ -31,6 +31,9 @@ from tests.conftest import PHOTOS, small_config
 
 ray = pytest.importorskip("ray")
 
+# Ray Data reads its own deprecated settings when a dataset runs: not ours to fix, and not worth a screen.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
+
 from indexer.ray_engine import (  # noqa: E402
     DecodeStage,
     EmbedStage,
