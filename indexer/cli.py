@@ -82,6 +82,10 @@ def setup_build(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--batch-size", type=positive_int, help="images per forward pass and per commit")
     model.add_argument("--workers", type=_non_negative_int, help="decode worker processes (0 = in-process)")
     model.add_argument(
+        "--engine", choices=("local", "ray"), help="local (default) or ray: decode and embed on a Ray cluster"
+    )
+    model.add_argument("--ray-address", help="Ray cluster to join: auto or ray://HOST:10001 (default: a private one)")
+    model.add_argument(
         "--no-patches", action="store_true", help="no patch vectors: smaller index, no region search (config: patches)"
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -105,6 +109,8 @@ def main_build(args: argparse.Namespace) -> int:
             "runtime.device": args.device,
             "runtime.batch_size": args.batch_size,
             "runtime.workers": args.workers,
+            "runtime.engine": args.engine,
+            "runtime.ray_address": args.ray_address,
             "patches.enabled": False if args.no_patches else None,
         },
     )
@@ -204,6 +210,7 @@ COMMANDS: dict[str, Command] = {
 EPILOG = """examples:
   python -m indexer build ~/Pictures/archive
   python -m indexer build photos/ --weights random --image-size 128   # offline test run
+  python -m indexer build /nfs/photos --engine ray --ray-address auto   # on a Ray cluster
   python -m indexer status --json
   python -m indexer verify
 """

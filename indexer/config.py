@@ -63,6 +63,12 @@ def _gpu_jpeg(value: Any) -> str | None:
     return None
 
 
+def _engine(value: Any) -> str | None:
+    if value not in ("local", "ray"):
+        return "must be local or ray"
+    return None
+
+
 def _weights(value: Any) -> str | None:
     if value == "":
         return "must be 'pretrained', 'random' or the path of a .pt file"
@@ -102,6 +108,11 @@ class RuntimeConfig:
     workers: int = _checked(-1, _at_least(-1))
     compile: str = _checked("auto", _compile)
     gpu_jpeg: str = _checked("auto", _gpu_jpeg)
+    engine: str = _checked("local", _engine)
+    ray_address: str | None = None
+    ray_num_cpus: int = _checked(0, _at_least(0))
+    ray_actors: int = _checked(0, _at_least(0))
+    ray_actor_cpus: int = _checked(1, _at_least(1))
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,14 @@ class ConfigError(LoupeError):
     """A config file or a CLI override names an unknown key or holds a bad value."""
 
 
+class EngineError(LoupeError):
+    """The execution engine (Ray) failed while running the build; committed batches stay committed."""
+
+
+class EngineUnavailableError(EngineError):
+    """The configured execution engine cannot run here (for example Ray is not installed)."""
+
+
 class WeightsUnavailableError(LoupeError):
     """The model weights are not on this machine and cannot be downloaded."""
 

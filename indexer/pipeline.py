@@ -1,6 +1,9 @@
 """``indexer build``: wire scan -> plan -> read/decode workers -> encoder -> catalog -> FAISS files.
 
-Only the wiring lives here; each stage has its own module. Work is committed batch by batch, so a kill
+Only the wiring lives here; each stage has its own module. The local engine (the default) decodes in
+DataLoader workers and runs the model in this process; ``runtime.engine: ray`` hands decoding and the
+model to a Ray cluster (:mod:`indexer.ray_engine`). Both commit through the same
+:class:`~indexer.committer.BatchCommitter`. Work is committed batch by batch, so a kill
 loses at most the batch in flight and the next run starts where this one stopped: files already in the
 catalog with the same size and mtime are skipped without being opened.
 """
@@ -10,24 +13,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from indexer.catalog import (
-    STATUS_FAILED,
-    Catalog,
-    FailedFile,
-    FileOutcome,
-    FileState,
-    IndexedFile,
-    Provenance,
-)
+from indexer.catalog import STATUS_FAILED, Catalog, FileState, Provenance
+from indexer.committer import BatchCommitter
 from indexer.config import RESOLVED_CONFIG_FILE, LoupeConfig, dump_config
 from indexer.decode import DecodeLimits, supported_extensions
 from indexer.device_decode import GPU_JPEG_MIN_PIXELS
@@ -40,17 +34,8 @@ from indexer.encoder import (
     should_compile,
 )
 from indexer.lock import exclusive_writer
-from indexer.patches import effective_grid, pool_patches
-from indexer.reader import (
-    PhotoDataset,
-    ReadBatch,
-    ReadResult,
-    WorkItem,
-    finish_on_device,
-    make_loader,
-    read_one,
-    resolve_workers,
-)
+from indexer.patches import effective_grid
+from indexer.reader import PhotoDataset, WorkItem, finish_on_device, make_loader, resolve_workers
 from indexer.scan import ScannedFile, resolve_roots, scan
 from indexer.vector_index import SyncReport, sync_index
 from indexer.vector_source import PatchVectors
@@ -145,127 +130,20 @@ def plan_work(scanned: Sequence[ScannedFile], states: dict[str, FileState]) -> t
     return todo, unchanged
 
 
-class _BatchCommitter:
-    """Turns read results into catalog rows: reuses known embeddings, runs the model once on the rest."""
-
-    def __init__(
-        self, catalog: Catalog, encoder: Encoder, states: dict[str, FileState], summary: BuildSummary, patch_grid: int
-    ) -> None:
-        self.catalog = catalog
-        self.encoder = encoder
-        self.patch_grid = patch_grid
-        self.states = states
-        self.summary = summary
-        self.dim = encoder.model.dim
-        self.reused_from: list[str] = []
-        self.reasons: Counter[str] = Counter()
-        # Hashes committed by this run: workers only know the hashes the catalog had at the start.
-        self.run_hashes: set[str] = set()
-
-    def _count_indexed(self, item: WorkItem) -> None:
-        if item.path in self.states:
-            self.summary.changed += 1
-        else:
-            self.summary.new += 1
-
-    def _reuse(self, result: ReadResult) -> IndexedFile | bool:
-        """The reused row for known content; True when only the file's mtime changed (recorded here);
-        False when the content's row vanished since the build started."""
-        assert result.sha256 is not None  # known results always carry their hash
-        known = self.catalog.known_content(result.sha256, self.dim)
-        if known is None:
-            return False
-        item = result.item
-        if known.path == item.path:
-            # Same bytes under the same path: only the mtime moved (a touch, a copy-back).
-            self.catalog.touch(item.path, item.size_bytes, item.mtime_ns)
-            self.summary.touched += 1
-            return True
-        if item.path in self.states:
-            self.summary.changed += 1  # new bytes at a known path, but bytes seen before elsewhere
-        else:
-            self.reused_from.append(known.path)
-        return IndexedFile(
-            path=item.path,
-            size_bytes=item.size_bytes,
-            mtime_ns=item.mtime_ns,
-            sha256=result.sha256,
-            width=known.width,
-            height=known.height,
-            embedding=known.embedding,
-            patches=known.patches,
-        )
-
-    def commit(self, batch: ReadBatch, image_size: int, limits: DecodeLimits) -> None:
-        outcomes: list[FileOutcome] = []
-        to_encode: list[ReadResult] = []
-        for result in batch.results:
-            if result.known or (result.pixels is not None and result.sha256 in self.run_hashes):
-                reused = self._reuse(result)
-                if isinstance(reused, IndexedFile):
-                    outcomes.append(reused)
-                elif reused is False:
-                    to_encode.append(read_one(result.item, image_size, limits, frozenset()))
-                continue
-            to_encode.append(result)
-        outcomes.extend(self._encode(to_encode))
-        if outcomes:
-            self.catalog.commit_outcomes(outcomes)
-            self.run_hashes.update(o.sha256 for o in outcomes if isinstance(o, IndexedFile))
-
-    def _failed(self, result: ReadResult) -> FailedFile:
-        reason = result.error_reason or "unreadable"
-        self.summary.failed += 1
-        self.reasons[reason] += 1
-        item = result.item
-        return FailedFile(
-            item.path, item.size_bytes, item.mtime_ns, result.sha256, reason, result.error_message or reason
-        )
-
-    def _encode(self, results: list[ReadResult]) -> list[FileOutcome]:
-        """Failures become failure rows; decoded photos go through the model in one forward pass."""
-        outcomes: list[FileOutcome] = [self._failed(r) for r in results if r.pixels is None]
-        decoded = [r for r in results if r.pixels is not None]
-        if not decoded:
-            return outcomes
-        # Identical bytes twice in one batch go through the model once.
-        first_of: dict[str, int] = {}
-        unique: list[ReadResult] = []
-        for result in decoded:
-            assert result.sha256 is not None
-            if result.sha256 not in first_of:
-                first_of[result.sha256] = len(unique)
-                unique.append(result)
-        pixels = torch.stack([r.pixels for r in unique])  # type: ignore[misc]
-        encoded = self.encoder.encode(pixels)
-        embeddings = encoded.embeddings
-        grids = pool_patches(encoded.patches, self.patch_grid) if self.patch_grid else None
-        self.summary.embedded += len(unique)
-        self.summary.model_batches += 1
-        for result in decoded:
-            assert result.sha256 is not None and result.width is not None and result.height is not None
-            self._count_indexed(result.item)
-            outcomes.append(
-                IndexedFile(
-                    path=result.item.path,
-                    size_bytes=result.item.size_bytes,
-                    mtime_ns=result.item.mtime_ns,
-                    sha256=result.sha256,
-                    width=result.width,
-                    height=result.height,
-                    embedding=np.asarray(embeddings[first_of[result.sha256]], dtype=np.float32),
-                    patches=None if grids is None else grids[first_of[result.sha256]],
-                )
-            )
-        return outcomes
-
-
 def run_build(config: LoupeConfig, roots: Sequence[Path], *, show_progress: bool = True) -> BuildSummary:
     """Index every photo under ``roots`` into the catalog and FAISS files of ``config.data_dir``."""
     started = time.perf_counter()
     summary = BuildSummary()
     resolved_roots = resolve_roots(roots)
-    device = resolve_device(config.runtime.device)
+    if config.runtime.engine == "ray":
+        from indexer.ray_engine import require_ray
+
+        require_ray()
+        # Under Ray the model runs in the actors; the driver's copy, on its CPU, records the provenance and
+        # re-embeds the rare content whose catalog row vanished during the build.
+        device = torch.device("cpu")
+    else:
+        device = resolve_device(config.runtime.device)
     model = load_model(config.model, device)
     summary.weights_kind = model.weights.kind
     summary.image_size = model.image_size
@@ -314,27 +192,30 @@ def _build_locked(
 
         processing_started = time.perf_counter()
         summary.batch_size = resolve_batch_size(config.runtime.batch_size, model, device)
-        summary.compiled = bool(todo) and should_compile(config.runtime.compile, device, len(todo))
+        local = config.runtime.engine != "ray"
+        summary.compiled = local and bool(todo) and should_compile(config.runtime.compile, device, len(todo))
         encoder = Encoder(model, device, config.runtime.precision, config.runtime.min_cosine, compile=summary.compiled)
-        committer = _BatchCommitter(catalog, encoder, states, summary, patch_grid)
+        limits = DecodeLimits(max_pixels=config.decode.max_pixels, max_file_bytes=config.decode.max_file_bytes)
+        committer = BatchCommitter(catalog, encoder, states, summary, patch_grid, limits)
         if todo:
-            limits = DecodeLimits(max_pixels=config.decode.max_pixels, max_file_bytes=config.decode.max_file_bytes)
-            device_jpegs = device.type == "cuda" and config.runtime.gpu_jpeg == "auto"
-            dataset = PhotoDataset(
-                todo,
-                model.image_size,
-                limits,
-                frozenset(catalog.indexed_hashes()),
-                GPU_JPEG_MIN_PIXELS if device_jpegs else None,
-            )
-            workers = resolve_workers(config.runtime.workers, device)
-            loader = make_loader(dataset, summary.batch_size, workers, pin_memory=device.type == "cuda")
+            known_hashes = frozenset(catalog.indexed_hashes())
             with tqdm(total=len(todo), desc="indexing", unit="img", disable=not show_progress, smoothing=0.1) as bar:
-                for batch in loader:
-                    if device_jpegs:
-                        batch = finish_on_device(batch, model.image_size, limits, device)
-                    committer.commit(batch, model.image_size, limits)
-                    bar.update(len(batch.results))
+                if not local:
+                    from indexer.ray_engine import embed_with_ray
+
+                    embed_with_ray(config, todo, known_hashes, model, patch_grid, committer, bar.update)
+                else:
+                    device_jpegs = device.type == "cuda" and config.runtime.gpu_jpeg == "auto"
+                    dataset = PhotoDataset(
+                        todo, model.image_size, limits, known_hashes, GPU_JPEG_MIN_PIXELS if device_jpegs else None
+                    )
+                    workers = resolve_workers(config.runtime.workers, device)
+                    loader = make_loader(dataset, summary.batch_size, workers, pin_memory=device.type == "cuda")
+                    for batch in loader:
+                        if device_jpegs:
+                            batch = finish_on_device(batch, model.image_size, limits, device)
+                        committer.commit(batch.results)
+                        bar.update(len(batch.results))
 
         seen = {str(file.path) for file in scanned}
         gone = [path for path in states if path not in seen and _under(path, resolved_roots)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -70,7 +70,7 @@ def read_one(
     item: WorkItem,
     image_size: int,
     limits: DecodeLimits,
-    known_hashes: frozenset[str],
+    known_hashes: Container[str],
     device_jpeg_min_pixels: int | None = None,
 ) -> ReadResult:
     """Read, hash and (unless its content is known) decode one file.

@@ -1,0 +1,180 @@
+"""Turn the results of one batch into catalog rows, the same way for every engine.
+
+The local engine hands over decoded pixels and lets the committer run the model; the Ray engine hands
+over model outputs computed by its actors. Either way the committer decides, per file, between reusing
+a known embedding (dedup by sha256), recording a failure and taking a fresh model output, and commits
+the batch in one transaction, so a kill loses at most the batches in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from indexer.catalog import Catalog, FailedFile, FileOutcome, FileState, IndexedFile
+from indexer.decode import DecodeLimits
+from indexer.encoder import Embeddings, Encoder
+from indexer.patches import PatchGrids, pool_patches
+from indexer.reader import ReadResult, read_one
+
+if TYPE_CHECKING:
+    from indexer.pipeline import BuildSummary
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    """What the model made of one photo's content: a unit ``[D]`` embedding and its pooled patch grid."""
+
+    embedding: Embeddings
+    patches: PatchGrids | None
+
+
+class BatchCommitter:
+    """Turns read results into catalog rows: reuses known embeddings, runs the model once on the rest.
+
+    ``encoder`` embeds the results that arrive with pixels but without a model output (every decoded
+    result of the local engine; under Ray only a content whose catalog row vanished during the build).
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        encoder: Encoder,
+        states: dict[str, FileState],
+        summary: BuildSummary,
+        patch_grid: int,
+        limits: DecodeLimits,
+    ) -> None:
+        self.catalog = catalog
+        self.encoder = encoder
+        self.patch_grid = patch_grid
+        self.states = states
+        self.summary = summary
+        self.limits = limits
+        self.image_size = encoder.model.image_size
+        self.dim = encoder.model.dim
+        self.reused_from: list[str] = []
+        self.reasons: Counter[str] = Counter()
+        # Hashes committed by this run: workers only know the hashes the catalog had at the start.
+        self.run_hashes: set[str] = set()
+
+    def _count_indexed(self, path: str) -> None:
+        if path in self.states:
+            self.summary.changed += 1
+        else:
+            self.summary.new += 1
+
+    def _reuse(self, result: ReadResult) -> IndexedFile | bool:
+        """The reused row for known content; True when only the file's mtime changed (recorded here);
+        False when the content's row vanished since the build started."""
+        if result.sha256 is None:
+            raise ValueError(f"{result.item.path}: a reused result must carry its sha256")
+        known = self.catalog.known_content(result.sha256, self.dim)
+        if known is None:
+            return False
+        item = result.item
+        if known.path == item.path:
+            # Same bytes under the same path: only the mtime moved (a touch, a copy-back).
+            self.catalog.touch(item.path, item.size_bytes, item.mtime_ns)
+            self.summary.touched += 1
+            return True
+        if item.path in self.states:
+            self.summary.changed += 1  # new bytes at a known path, but bytes seen before elsewhere
+        else:
+            self.reused_from.append(known.path)
+        return IndexedFile(
+            path=item.path,
+            size_bytes=item.size_bytes,
+            mtime_ns=item.mtime_ns,
+            sha256=result.sha256,
+            width=known.width,
+            height=known.height,
+            embedding=known.embedding,
+            patches=known.patches,
+        )
+
+    def commit(self, results: Sequence[ReadResult], outputs: Mapping[str, ModelOutput] | None = None) -> None:
+        """Commit one batch in one transaction. ``outputs``: model outputs already computed, by sha256."""
+        computed = outputs or {}
+        outcomes: list[FileOutcome] = []
+        to_encode: list[ReadResult] = []
+        for result in results:
+            decoded = result.error_reason is None and not result.known
+            if result.known or (decoded and result.sha256 in self.run_hashes):
+                reused = self._reuse(result)
+                if isinstance(reused, IndexedFile):
+                    outcomes.append(reused)
+                elif reused is False:
+                    to_encode.append(read_one(result.item, self.image_size, self.limits, frozenset()))
+                continue
+            to_encode.append(result)
+        outcomes.extend(self._encode(to_encode, computed))
+        if outcomes:
+            self.catalog.commit_outcomes(outcomes)
+            self.run_hashes.update(o.sha256 for o in outcomes if isinstance(o, IndexedFile))
+
+    def _failed(self, result: ReadResult) -> FailedFile:
+        reason = result.error_reason or "unreadable"
+        self.summary.failed += 1
+        self.reasons[reason] += 1
+        item = result.item
+        return FailedFile(
+            item.path, item.size_bytes, item.mtime_ns, result.sha256, reason, result.error_message or reason
+        )
+
+    def _run_model(self, results: list[ReadResult]) -> list[ModelOutput]:
+        """One forward pass over results that carry pixels."""
+        if any(r.pixels is None for r in results):
+            raise ValueError("a decoded result without pixels needs a model output computed elsewhere")
+        encoded = self.encoder.encode(torch.stack([r.pixels for r in results]))  # type: ignore[misc]
+        grids = pool_patches(encoded.patches, self.patch_grid) if self.patch_grid else None
+        return [
+            ModelOutput(
+                embedding=np.asarray(encoded.embeddings[i], dtype=np.float32),
+                patches=None if grids is None else grids[i],
+            )
+            for i in range(len(results))
+        ]
+
+    def _encode(self, results: list[ReadResult], computed: Mapping[str, ModelOutput]) -> list[FileOutcome]:
+        """Failures become failure rows; decoded photos get their model output (one forward pass at most)."""
+        outcomes: list[FileOutcome] = [self._failed(r) for r in results if r.error_reason is not None]
+        decoded = [r for r in results if r.error_reason is None]
+        if not decoded:
+            return outcomes
+        # Identical bytes twice in one batch go through the model once.
+        unique: dict[str, ReadResult] = {}
+        for result in decoded:
+            if result.sha256 is None or result.width is None or result.height is None:
+                raise ValueError(f"{result.item.path}: a decoded result must carry its sha256 and size")
+            unique.setdefault(result.sha256, result)
+        output_of = {sha: computed[sha] for sha in unique if sha in computed}
+        missing = [result for sha, result in unique.items() if sha not in output_of]
+        if missing:
+            output_of.update(zip((r.sha256 for r in missing), self._run_model(missing), strict=True))  # type: ignore[misc]
+        self.summary.embedded += len(unique)
+        self.summary.model_batches += 1
+        for result in decoded:
+            output = output_of[result.sha256]  # type: ignore[index]
+            self._count_indexed(result.item.path)
+            outcomes.append(
+                IndexedFile(
+                    path=result.item.path,
+                    size_bytes=result.item.size_bytes,
+                    mtime_ns=result.item.mtime_ns,
+                    sha256=result.sha256,  # type: ignore[arg-type]
+                    width=result.width,  # type: ignore[arg-type]
+                    height=result.height,  # type: ignore[arg-type]
+                    embedding=output.embedding,
+                    patches=output.patches,
+                )
+            )
+        return outcomes
