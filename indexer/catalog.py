@@ -502,6 +502,14 @@ class Catalog:
             vectors = np.stack([bytes_to_vector(found[i], dim) for i in part])
             yield np.asarray(part, dtype=np.int64), vectors
 
+    def stored_embeddings(self, ids: Sequence[int], dim: int) -> dict[int, Embeddings]:
+        """The stored embeddings of those ``ids`` that are indexed now (rows removed meanwhile are absent)."""
+        query = select(ImageRecord.id, ImageRecord.embedding).where(
+            ImageRecord.id.in_([int(i) for i in ids]), ImageRecord.status == STATUS_INDEXED
+        )
+        with self.session() as session:
+            return {id_: bytes_to_vector(data, dim) for id_, data in session.execute(query) if data is not None}
+
     def iter_embeddings(self, dim: int, chunk: int = 2_000) -> Iterator[tuple[Ids, Embeddings]]:
         """Every indexed row's embedding, by id, in chunks (keyset pagination: flat memory)."""
         last = 0

@@ -170,6 +170,7 @@ class SearchConfig:
     duplicate_neighbours: int = _checked(32, _at_least(1))
     max_query_bytes: int = _checked(64 << 20, _at_least(1))
     max_query_pixels: int = _checked(100_000_000, _at_least(1))
+    rescore_candidates: int = _checked(100, _at_least(0))
 
 
 @dataclass(frozen=True)

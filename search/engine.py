@@ -300,16 +300,21 @@ class SearchEngine:
         query = query / norm
         prefix = None if under is None else str(Path(under).expanduser().resolve()).rstrip("/") + "/"
         excluded = set(int(i) for i in exclude_ids)
-        index, _ = self.current()
+        index, meta = self.current()
         total = int(index.ntotal)
+        compressed = meta.kind == "ivf_pq" or meta.codec != "Flat"
+        rescore = self.config.search.rescore_candidates if compressed else 0
         fetch = k + len(excluded)
         kept: list[tuple[PhotoRecord, float]] = []
         while True:
             fetch = min(fetch, total)
             if fetch == 0:
                 break
-            scores, ids = index.search(query, fetch)  # faiss searches are safe to run concurrently
+            # faiss searches are safe to run concurrently
+            scores, ids = index.search(query, min(max(fetch, rescore), total))
             found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+            if rescore:
+                found = self._exact_scores(query[0], found)
             photos = self.catalog.photos(i for i, _ in found)
             kept = [
                 (photos[i], score)
@@ -338,6 +343,13 @@ class SearchEngine:
             )
             for rank, (photo, score) in enumerate(kept[:k], start=1)
         ]
+
+    def _exact_scores(self, query: Vector, found: list[tuple[int, float]]) -> list[tuple[int, float]]:
+        """Candidates from compressed codes re-scored with the catalog's exact vectors, best first."""
+        stored = self.catalog.stored_embeddings([id_ for id_, _ in found], self.dim)
+        rescored = [(id_, float(np.dot(stored[id_], query))) for id_, _ in found if id_ in stored]
+        rescored.sort(key=lambda item: -item[1])
+        return rescored
 
     def encode_query(self, image: Image.Image | bytes | Path) -> QueryImage:
         """Encode a query given as a file path, bytes or a PIL image."""
