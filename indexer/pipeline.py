@@ -247,7 +247,7 @@ def run_build(config: LoupeConfig, roots: Sequence[Path], *, show_progress: bool
     model = load_model(config.model, device)
     summary.weights_kind = model.weights.kind
     summary.image_size = model.image_size
-    with exclusive_writer(config.data_dir, "indexer build"):
+    with exclusive_writer(config.data_dir, "indexer build", config.resolved_db_url):
         _build_locked(config, resolved_roots, model, device, summary, show_progress)
     summary.elapsed_s = time.perf_counter() - started
     return summary
