@@ -21,8 +21,9 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, pool, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
-from indexer.errors import LoupeError
+from indexer.errors import CatalogError, LoupeError
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,9 @@ class BuildLockedError(LoupeError):
 @contextmanager
 def exclusive_writer(data_dir: Path, what: str, db_url: str | None = None) -> Iterator[None]:
     """Hold the collection's writer lock for the duration of the block, or raise at once: an advisory
-    lock in the database when ``db_url`` is PostgreSQL, else a lock file in ``data_dir``."""
+    lock in the database when ``db_url`` is PostgreSQL, else a lock file in ``data_dir``. Either way the
+    data dir exists afterwards (the writer puts the index files there)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
     if db_url is not None and make_url(db_url).get_backend_name() == "postgresql":
         with _advisory_lock(db_url, what):
             yield
@@ -50,7 +53,6 @@ def exclusive_writer(data_dir: Path, what: str, db_url: str | None = None) -> It
 
 @contextmanager
 def _file_lock(data_dir: Path, what: str) -> Iterator[None]:
-    data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / LOCK_FILE
     with path.open("a+", encoding="utf-8") as handle:
         try:
@@ -80,9 +82,14 @@ def _advisory_lock(db_url: str, what: str) -> Iterator[None]:
     engine = create_engine(
         db_url, poolclass=pool.NullPool, connect_args={"application_name": holder.encode()[:63].decode(errors="ignore")}
     )
+    shown = make_url(db_url).render_as_string(hide_password=True)
     try:
-        with engine.connect() as connection:
-            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        except SQLAlchemyError as error:
+            detail = error.args[0] if error.args else error
+            raise CatalogError(f"cannot open catalog {shown} to lock it: {detail}") from error
+        with connection:
             taken = connection.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_KEY})
             if not taken:
                 # pg_locks shows a bigint key as its high and low halves, unsigned.
@@ -97,12 +104,16 @@ def _advisory_lock(db_url: str, what: str) -> Iterator[None]:
                     {"high": unsigned >> 32, "low": unsigned & 0xFFFF_FFFF},
                 )
                 raise BuildLockedError(
-                    f"the catalog at {make_url(db_url).render_as_string(hide_password=True)} is being written by "
+                    f"the catalog at {shown} is being written by "
                     f"{who or 'another process'}; wait for it to finish (searches keep working meanwhile)"
                 )
             try:
                 yield
             finally:
-                connection.scalar(text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_KEY})
+                try:
+                    connection.scalar(text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_KEY})
+                except SQLAlchemyError as error:
+                    # The connection is gone, and the lock with it; don't hide the block's own outcome.
+                    logger.warning("could not release the build lock explicitly: %s", error)
     finally:
         engine.dispose()
