@@ -766,6 +766,19 @@ def _without_password(error: SQLAlchemyError, parsed: URL) -> str:
     return text
 
 
+def url_without_password(url: str) -> str:
+    """A database URL that can be written to disk: the password left out (libpq finds it in ~/.pgpass or
+    PGPASSWORD when the URL has none)."""
+    try:
+        parsed = make_url(url)
+        bare = URL.create(
+            parsed.drivername, parsed.username, None, parsed.host, parsed.port, parsed.database, parsed.query
+        )
+        return bare.render_as_string(hide_password=False)
+    except (SQLAlchemyError, ValueError):
+        return "<unparseable url>"
+
+
 def redact_url(url: str) -> str:
     """A database URL without its password, for messages."""
     try:

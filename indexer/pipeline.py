@@ -26,6 +26,7 @@ from indexer.catalog import (
     FileState,
     IndexedFile,
     Provenance,
+    url_without_password,
 )
 from indexer.config import RESOLVED_CONFIG_FILE, LoupeConfig, dump_config
 from indexer.decode import DecodeLimits, supported_extensions
@@ -97,7 +98,8 @@ def _write_resolved_config(config: LoupeConfig) -> None:
     model = replace(config.model, models_dir=config.model.models_dir.expanduser().resolve())
     if weights_kind(model.weights) == "file":
         model = replace(model, weights=str(Path(model.weights).expanduser().resolve()))
-    resolved = replace(config, data_dir=config.data_dir.resolve(), model=model)
+    db_url = None if config.db_url is None else url_without_password(config.db_url)
+    resolved = replace(config, data_dir=config.data_dir.resolve(), model=model, db_url=db_url)
     target = config.data_dir / RESOLVED_CONFIG_FILE
     temporary = target.with_suffix(".tmp")
     temporary.write_text(dump_config(resolved), encoding="utf-8")

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
+from sqlalchemy.engine import make_url
 
 from indexer.catalog import Catalog, bytes_to_vector
 from indexer.errors import ProvenanceMismatchError
@@ -49,6 +50,9 @@ def _consistent(data_dir: Path, db_url: str | None = None) -> list[str]:
 
 def test_first_build_indexes_every_photo(photo_dir: Path, tmp_path: Path, db_url: str | None) -> None:
     data = tmp_path / "data"
+    if db_url is not None:
+        # The test server trusts loopback and ignores passwords; this one must not land on disk.
+        db_url = make_url(db_url).set(password="s3cret-pw").render_as_string(hide_password=False)
     summary = _build(photo_dir, data, db_url)
     assert (summary.scanned, summary.new, summary.embedded, summary.failed) == (N_PHOTOS, N_PHOTOS, N_PHOTOS, 0)
     assert summary.index is not None and summary.index.ntotal == N_PHOTOS
@@ -56,6 +60,7 @@ def test_first_build_indexes_every_photo(photo_dir: Path, tmp_path: Path, db_url
     vectors = _vectors(data, db_url)
     assert sorted(vectors) == sorted(str(p.resolve()) for p in photo_dir.glob("*.jpg"))
     assert (data / "config.resolved.yaml").exists()
+    assert "s3cret-pw" not in (data / "config.resolved.yaml").read_text()
 
     # Every photo's own embedding finds itself first.
     loaded = load_index(index_dir(data))
