@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from PIL import Image
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from indexer.cli import main as indexer_main
 from tests.conftest import TEST_IMAGE_SIZE
 
 pytestmark = pytest.mark.slow
@@ -30,6 +32,21 @@ def _indexer(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Complete
     return subprocess.run(
         [sys.executable, "-m", "indexer", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+_subprocess_indexer = _indexer
+
+
+def _in_process_indexer(capsys: pytest.CaptureFixture[str]) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``python -m indexer`` called as a function, with the same result shape as :func:`_indexer`."""
+
+    def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+        capsys.readouterr()
+        code = indexer_main(list(args))
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out, err)
+
+    return run
 
 
 def _json(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
@@ -53,8 +70,20 @@ def _rows(data: Path, db_url: str | None = None) -> dict[str, bytes]:
         engine.dispose()
 
 
-def test_build_status_rerun_verify_reindex(photo_dir: Path, tmp_path: Path, db_url: str | None) -> None:
+def test_build_status_rerun_verify_reindex(
+    photo_dir: Path,
+    tmp_path: Path,
+    db_url: str | None,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     data = tmp_path / "data"
+    _indexer = _subprocess_indexer
+    if db_url is not None:
+        # The SQLite run covers the process boundary; here the catalog is under test, and eight interpreter
+        # starts would cost a minute of the suite's time.
+        monkeypatch.chdir(tmp_path)
+        _indexer = _in_process_indexer(capsys)
     first = _json(_indexer("build", str(photo_dir), *_catalog(data, db_url), *SMALL, "--json", cwd=tmp_path))
     assert (first["new"], first["embedded"], first["failed"]) == (12, 12, 0)
     assert first["weights"] == "random" and "RANDOM weights" in first["warning"]
