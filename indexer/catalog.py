@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy import (
     BigInteger,
+    DateTime,
     ForeignKey,
     Integer,
     LargeBinary,
@@ -34,10 +35,11 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Dialect, Engine, make_url
+from sqlalchemy.engine import URL, Dialect, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from indexer import schema
 from indexer.errors import CatalogError, ProvenanceMismatchError
 
 logger = logging.getLogger(__name__)
@@ -85,8 +87,23 @@ class FsPath(TypeDecorator[str]):
         return None if value is None else path_from_db(value)
 
 
+class MessageText(TypeDecorator[str]):
+    """Text column holding a message for people, which may quote an undecodable file name or a NUL byte
+    (PostgreSQL text rejects both): names are kept as :class:`FsPath` keeps them, NUL becomes U+FFFD."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else path_to_db(value).replace("\x00", "\ufffd")
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else path_from_db(value)
+
+
 class Base(DeclarativeBase):
-    pass
+    # Times are stored in UTC; PostgreSQL keeps the zone (timestamptz), SQLite stores the UTC wall time.
+    type_annotation_map = {datetime: DateTime(timezone=True)}  # noqa: RUF012 - SQLAlchemy reads it once
 
 
 class ImageRecord(Base):
@@ -106,7 +123,7 @@ class ImageRecord(Base):
     height: Mapped[int | None]
     status: Mapped[str] = mapped_column(String(16), index=True)
     error_reason: Mapped[str | None] = mapped_column(String(64))
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(MessageText)
     embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
     # Catalog revision at which ``embedding`` was last written: the FAISS sync re-adds newer ones.
     vector_revision: Mapped[int | None] = mapped_column(BigInteger)
@@ -140,7 +157,7 @@ class ProvenanceRecord(Base):
     image_size: Mapped[int]
     dim: Mapped[int]
     preprocessing: Mapped[str] = mapped_column(String(200))
-    patch_grid: Mapped[int] = mapped_column(Integer, default=0)
+    patch_grid: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime]
 
 
@@ -306,26 +323,32 @@ class Catalog:
 
     @classmethod
     def open(cls, url: str, *, create: bool = True) -> Catalog:
-        """Open the catalog at a SQLAlchemy URL, creating it when ``create`` (else a missing SQLite file
-        is a :class:`CatalogError`, so ``status`` never leaves an empty database behind)."""
+        """Open the catalog at a SQLAlchemy URL (SQLite or PostgreSQL).
+
+        ``create`` (writers): create the catalog, or upgrade an older one with its migrations. Without it
+        (readers) a missing catalog, or one that needs an upgrade, is a :class:`CatalogError` that says
+        which command to run: a search never changes a schema, nor leaves an empty SQLite file behind.
+        """
         try:
             parsed = make_url(url)
         except (SQLAlchemyError, ValueError) as error:
-            raise CatalogError(f"not a database URL: {url!r}") from error
+            raise CatalogError(f"not a database URL: {redact_url(url)}") from error
+        shown = redact_url(url)
         if parsed.get_backend_name() == "sqlite" and not create:
             database = parsed.database or ""
             if database in ("", ":memory:") or not Path(database).exists():
                 raise CatalogError(
-                    f"no catalog at {database or url}: build an index first (python -m indexer build PHOTOS)"
+                    f"no catalog at {database or shown}: build an index first (python -m indexer build PHOTOS)"
                 )
         try:
-            engine = create_engine(url)
-            if engine.dialect.name == "sqlite":
-                event.listen(engine, "connect", _sqlite_pragmas)
-            Base.metadata.create_all(engine)
-            _check_schema(engine)
+            if create:
+                schema.upgrade(url, shown)
+            engine = _engine(url)
+            if not create:
+                schema.require_current(engine, shown)
+            _check_schema(engine, shown)
         except SQLAlchemyError as error:
-            raise CatalogError(f"cannot open catalog {redact_url(url)}: {error}") from error
+            raise CatalogError(f"cannot open catalog {shown}: {_without_password(error, parsed)}") from error
         return cls(engine)
 
     def close(self) -> None:
@@ -666,12 +689,15 @@ class Catalog:
                     row.vector_revision = None
                     failed_ids.append(row.id)
             session.flush()  # assigns ids to new rows
-            if failed_ids:
-                session.execute(
-                    delete(PatchGridRecord).where(PatchGridRecord.image_id.in_([i for i in failed_ids if i]))
-                )
-            for row, grid in grids:
-                session.merge(PatchGridRecord(image_id=row.id, grid=int(grid.shape[0]), data=grid_to_bytes(grid)))
+            # Replace, not merge: one DELETE and one multi-row INSERT per batch instead of a SELECT per photo
+            # (round trips count against a database server).
+            stale = [i for i in failed_ids if i] + [row.id for row, _ in grids]
+            if stale:
+                session.execute(delete(PatchGridRecord).where(PatchGridRecord.image_id.in_(stale)))
+            session.add_all(
+                PatchGridRecord(image_id=row.id, grid=int(grid.shape[0]), data=grid_to_bytes(grid))
+                for row, grid in grids
+            )
         return revision
 
     def touch(self, path: str, size_bytes: int, mtime_ns: int) -> None:
@@ -700,18 +726,65 @@ class Catalog:
         return removed
 
 
-def _check_schema(engine: Engine) -> None:
-    """Refuse a catalog written by an older Loupe whose tables lack columns this version needs
-    (migrations come with Alembic; until then the index must be rebuilt into a new data dir)."""
+def migrate_catalog(url: str) -> tuple[str | None, str]:
+    """Upgrade an existing catalog (or an empty PostgreSQL database) to this Loupe's schema; return the
+    schema revisions before and after. Builds do the same on their own; this is for upgrading a catalog
+    before readers (search, the UI) that refuse an out-of-date one are started."""
+    shown = redact_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+        raise CatalogError(f"no catalog at {parsed.database or shown}: nothing to migrate")
+    try:
+        return schema.upgrade(url, shown)
+    except SQLAlchemyError as error:
+        raise CatalogError(f"cannot migrate catalog {shown}: {_without_password(error, parsed)}") from error
+
+
+def _engine(url: str) -> Engine:
+    if make_url(url).get_backend_name() == "sqlite":
+        engine = create_engine(url)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    # A pool of connections (sessions are per call, so threads each borrow their own); pre-ping so a
+    # long-running UI survives a database restart instead of failing its next query.
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+def _check_schema(engine: Engine, shown_url: str) -> None:
+    """After the migrations, every table and column the models use must be there: anything else is a
+    database that is not (only) a Loupe catalog."""
     inspector = inspect(engine)
+    tables = set(inspector.get_table_names())
     for table in Base.metadata.sorted_tables:
+        if table.name not in tables:
+            raise CatalogError(f"{shown_url} is not a Loupe catalog: it has no table {table.name}")
         present = {column["name"] for column in inspector.get_columns(table.name)}
         missing = sorted(column.name for column in table.columns if column.name not in present)
         if missing:
             raise CatalogError(
-                f"the catalog at {redact_url(engine.url.render_as_string(hide_password=False))} was written by an "
-                f"older Loupe: table {table.name} lacks {', '.join(missing)}; build into a new --data-dir"
+                f"{shown_url} is not a Loupe catalog of this version: table {table.name} lacks {', '.join(missing)}"
             )
+
+
+def _without_password(error: SQLAlchemyError, parsed: URL) -> str:
+    """The driver's message, with the password cut out should a driver ever quote its connection string."""
+    text = str(error.args[0]) if error.args else str(error)
+    if parsed.password:
+        text = text.replace(str(parsed.password), "***")
+    return text
+
+
+def url_without_password(url: str) -> str:
+    """A database URL that can be written to disk: the password left out (libpq finds it in ~/.pgpass or
+    PGPASSWORD when the URL has none)."""
+    try:
+        parsed = make_url(url)
+        bare = URL.create(
+            parsed.drivername, parsed.username, None, parsed.host, parsed.port, parsed.database, parsed.query
+        )
+        return bare.render_as_string(hide_password=False)
+    except (SQLAlchemyError, ValueError):
+        return "<unparseable url>"
 
 
 def redact_url(url: str) -> str:

@@ -1,4 +1,4 @@
-"""``python -m indexer``: build, status, verify, reindex.
+"""``python -m indexer``: build, status, verify, reindex, migrate.
 
 Each subcommand has its own parser setup and ``main``. Library errors become a one-line message and
 exit code 2; ``verify`` exits 1 when it finds problems; Ctrl-C exits 130 with the work committed so far.
@@ -184,7 +184,7 @@ def main_reindex(args: argparse.Namespace) -> int:
     config = _resolve_config(args, {})
     catalog = Catalog.open(config.resolved_db_url, create=False)
     try:
-        with exclusive_writer(config.data_dir, "indexer reindex"):
+        with exclusive_writer(config.data_dir, "indexer reindex", config.resolved_db_url):
             report = rebuild_index(catalog, config.data_dir, config.index)
             print(f"reindex: wrote the global index, {report.spec.factory_string} with {report.ntotal} vectors")
             patches = patch_vectors_of(catalog)
@@ -193,6 +193,24 @@ def main_reindex(args: argparse.Namespace) -> int:
                 print(f"reindex: wrote the patch index, {report.spec.factory_string} with {report.ntotal} vectors")
     finally:
         catalog.close()
+    return EXIT_OK
+
+
+# migrate -----------------------------------------------------------------------------------------
+
+
+def setup_migrate(parser: argparse.ArgumentParser) -> None:
+    add_collection_arguments(parser)
+
+
+def main_migrate(args: argparse.Namespace) -> int:
+    from indexer.catalog import migrate_catalog
+    from indexer.lock import exclusive_writer
+
+    config = _resolve_config(args, {})
+    with exclusive_writer(config.data_dir, "indexer migrate", config.resolved_db_url):
+        before, after = migrate_catalog(config.resolved_db_url)
+    print(f"migrate: schema revision {after}" + ("" if before == after else f" (was {before or 'empty'})"))
     return EXIT_OK
 
 
@@ -205,6 +223,7 @@ COMMANDS: dict[str, Command] = {
     "status": ("what the collection holds", setup_status, main_status),
     "verify": ("check that catalog and index files agree (exit 1 if not)", setup_verify, main_verify),
     "reindex": ("rebuild the FAISS files from the catalog", setup_reindex, main_reindex),
+    "migrate": ("upgrade the catalog's schema to this version of Loupe", setup_migrate, main_migrate),
 }
 
 EPILOG = """examples:

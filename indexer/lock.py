@@ -1,8 +1,11 @@
-"""One writer per data dir: builds and reindexes take an exclusive lock on ``<data dir>/build.lock``.
+"""One writer per collection: builds and reindexes take an exclusive lock, or are refused at once.
 
-The lock is ``flock(2)``: the kernel drops it when its process ends, however it ends, so a build killed
-with SIGKILL leaves no stale lock behind (the file stays, unlocked, and says who held it last).
-Searches never take it: they read the last committed state.
+With SQLite the lock is ``flock(2)`` on ``<data dir>/build.lock``: the kernel drops it when its process
+ends, however it ends, so a build killed with SIGKILL leaves no stale lock behind (the file stays,
+unlocked, and says who held it last). With PostgreSQL the catalog may be shared by several machines, so
+the lock lives in the database: a session-level advisory lock held on a dedicated connection, which the
+server drops when that connection ends (process killed, machine gone: once the TCP session times out).
+Searches never take either: they read the last committed state.
 """
 
 from __future__ import annotations
@@ -10,16 +13,24 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from indexer.errors import LoupeError
+from sqlalchemy import create_engine, pool, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from indexer.errors import CatalogError, LoupeError
 
 logger = logging.getLogger(__name__)
 
 LOCK_FILE = "build.lock"
+# The advisory lock's key: any fixed 64-bit number, unlikely to clash with another application's locks in
+# the same database (advisory locks are per database). These are the bytes "loupe-wr".
+ADVISORY_KEY = int.from_bytes(b"loupe-wr", "big") - (1 << 63)
 
 
 class BuildLockedError(LoupeError):
@@ -27,9 +38,21 @@ class BuildLockedError(LoupeError):
 
 
 @contextmanager
-def exclusive_writer(data_dir: Path, what: str) -> Iterator[None]:
-    """Hold the data dir's writer lock for the duration of the block, or raise at once."""
+def exclusive_writer(data_dir: Path, what: str, db_url: str | None = None) -> Iterator[None]:
+    """Hold the collection's writer lock for the duration of the block, or raise at once: an advisory
+    lock in the database when ``db_url`` is PostgreSQL, else a lock file in ``data_dir``. Either way the
+    data dir exists afterwards (the writer puts the index files there)."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    if db_url is not None and make_url(db_url).get_backend_name() == "postgresql":
+        with _advisory_lock(db_url, what):
+            yield
+    else:
+        with _file_lock(data_dir, what):
+            yield
+
+
+@contextmanager
+def _file_lock(data_dir: Path, what: str) -> Iterator[None]:
     path = data_dir / LOCK_FILE
     with path.open("a+", encoding="utf-8") as handle:
         try:
@@ -48,3 +71,49 @@ def exclusive_writer(data_dir: Path, what: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+@contextmanager
+def _advisory_lock(db_url: str, what: str) -> Iterator[None]:
+    since = datetime.now(UTC).isoformat(timespec="seconds")
+    holder = f"{what} pid {os.getpid()} on {socket.gethostname()} since {since}"
+    # Its own connection, outside any pool, held for the whole block: the lock lives as long as it does.
+    # application_name (at most 63 bytes) is how a refused writer learns who holds the lock.
+    engine = create_engine(
+        db_url, poolclass=pool.NullPool, connect_args={"application_name": holder.encode()[:63].decode(errors="ignore")}
+    )
+    shown = make_url(db_url).render_as_string(hide_password=True)
+    try:
+        try:
+            connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        except SQLAlchemyError as error:
+            detail = error.args[0] if error.args else error
+            raise CatalogError(f"cannot open catalog {shown} to lock it: {detail}") from error
+        with connection:
+            taken = connection.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_KEY})
+            if not taken:
+                # pg_locks shows a bigint key as its high and low halves, unsigned.
+                unsigned = ADVISORY_KEY & 0xFFFF_FFFF_FFFF_FFFF
+                who = connection.scalar(
+                    text(
+                        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                        "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+                        "AND l.classid::bigint = :high AND l.objid::bigint = :low "
+                        "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) LIMIT 1"
+                    ),
+                    {"high": unsigned >> 32, "low": unsigned & 0xFFFF_FFFF},
+                )
+                raise BuildLockedError(
+                    f"the catalog at {shown} is being written by "
+                    f"{who or 'another process'}; wait for it to finish (searches keep working meanwhile)"
+                )
+            try:
+                yield
+            finally:
+                try:
+                    connection.scalar(text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_KEY})
+                except SQLAlchemyError as error:
+                    # The connection is gone, and the lock with it; don't hide the block's own outcome.
+                    logger.warning("could not release the build lock explicitly: %s", error)
+    finally:
+        engine.dispose()

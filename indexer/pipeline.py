@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from indexer.catalog import STATUS_FAILED, Catalog, FileState, Provenance
+from indexer.catalog import STATUS_FAILED, Catalog, FileState, Provenance, url_without_password
 from indexer.committer import BatchCommitter
 from indexer.config import RESOLVED_CONFIG_FILE, LoupeConfig, dump_config
 from indexer.decode import DecodeLimits, supported_extensions
@@ -104,7 +104,8 @@ def _write_resolved_config(config: LoupeConfig) -> None:
     model = replace(config.model, models_dir=config.model.models_dir.expanduser().resolve())
     if weights_kind(model.weights) == "file":
         model = replace(model, weights=str(Path(model.weights).expanduser().resolve()))
-    resolved = replace(config, data_dir=config.data_dir.resolve(), model=model)
+    db_url = None if config.db_url is None else url_without_password(config.db_url)
+    resolved = replace(config, data_dir=config.data_dir.resolve(), model=model, db_url=db_url)
     target = config.data_dir / RESOLVED_CONFIG_FILE
     temporary = target.with_suffix(".tmp")
     temporary.write_text(dump_config(resolved), encoding="utf-8")
@@ -147,7 +148,7 @@ def run_build(config: LoupeConfig, roots: Sequence[Path], *, show_progress: bool
     model = load_model(config.model, device)
     summary.weights_kind = model.weights.kind
     summary.image_size = model.image_size
-    with exclusive_writer(config.data_dir, "indexer build"):
+    with exclusive_writer(config.data_dir, "indexer build", config.resolved_db_url):
         _build_locked(config, resolved_roots, model, device, summary, show_progress)
     summary.elapsed_s = time.perf_counter() - started
     return summary

@@ -1,8 +1,11 @@
-"""Shared fixtures: a few real photos, a small test config, the real network with random weights."""
+"""Shared fixtures: a few real photos, a small test config, the real network with random weights, and the
+catalog database (``db_url``: SQLite in the data dir, then a throwaway PostgreSQL server)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,16 +14,19 @@ import torch
 
 from indexer.config import LoupeConfig, with_overrides
 from indexer.encoder import LoadedModel, load_model
+from tests.pg_server import REQUIRE_ENV, PostgresServer, ServerUnavailableError
 
 DATA = Path(__file__).parent / "data"
 PHOTOS = DATA / "photos"
 TEST_IMAGE_SIZE = 64
 
 
-def small_config(data_dir: Path, **overrides: Any) -> LoupeConfig:
-    """The real model with random weights at a small input size, in-process decoding, on the CPU."""
+def small_config(data_dir: Path, db_url: str | None = None, **overrides: Any) -> LoupeConfig:
+    """The real model with random weights at a small input size, in-process decoding, on the CPU.
+    ``db_url`` None: the default SQLite catalog in the data dir."""
     settings: dict[str, Any] = {
         "data_dir": data_dir,
+        "db_url": db_url,
         "model.weights": "random",
         "model.image_size": TEST_IMAGE_SIZE,
         "runtime.device": "cpu",
@@ -43,3 +49,31 @@ def photo_dir(tmp_path: Path) -> Path:
 def random_model() -> LoadedModel:
     config = small_config(Path("unused"))
     return load_model(config.model, torch.device("cpu"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer | str]:
+    """A PostgreSQL server for the whole run, or why none could be started (a string)."""
+    try:
+        server = PostgresServer()
+    except (ServerUnavailableError, OSError) as error:
+        yield f"no PostgreSQL server could be started: {error}"
+        return
+    yield server
+    server.stop()
+
+
+def new_postgres_database(request: pytest.FixtureRequest) -> str:
+    """A fresh database on the session's server; skip (or fail, with LOUPE_REQUIRE_POSTGRES=1) without one."""
+    server = request.getfixturevalue("postgres_server")
+    if isinstance(server, str):
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"{server} ({REQUIRE_ENV}=1)")
+        pytest.skip(server)
+    return server.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest) -> str | None:
+    """The catalog of a test: None for SQLite in the data dir, else a fresh PostgreSQL database's URL."""
+    return None if request.param == "sqlite" else new_postgres_database(request)

@@ -5,21 +5,26 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import SQLAlchemyError
 
+from indexer.cli import main as indexer_main
 from tests.conftest import TEST_IMAGE_SIZE
 
 pytestmark = pytest.mark.slow
 
+# Enough batches of 4 that the kill lands mid-build (the first 20 rows commit within a second or two).
+PHOTOS_TO_KILL = 120
 SMALL = ["--weights", "random", "--image-size", str(TEST_IMAGE_SIZE), "--device", "cpu"]
 
 
@@ -29,24 +34,61 @@ def _indexer(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Complete
     )
 
 
+_subprocess_indexer = _indexer
+
+
+def _in_process_indexer(capsys: pytest.CaptureFixture[str]) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``python -m indexer`` called as a function, with the same result shape as :func:`_indexer`."""
+
+    def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+        capsys.readouterr()
+        code = indexer_main(list(args))
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out, err)
+
+    return run
+
+
 def _json(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     assert result.returncode == 0, result.stderr
     data: dict[str, Any] = json.loads(result.stdout)
     return data
 
 
-def _rows(db: Path) -> dict[str, bytes]:
-    with sqlite3.connect(db) as connection:
-        return dict(connection.execute("SELECT path, embedding FROM images WHERE status = 'indexed'").fetchall())
+def _catalog(data: Path, db_url: str | None) -> list[str]:
+    """The CLI flags that choose the catalog: the data dir, and the database when it is not SQLite there."""
+    return ["--data-dir", str(data)] + ([] if db_url is None else ["--db-url", db_url])
 
 
-def test_build_status_rerun_verify_reindex(photo_dir: Path, tmp_path: Path) -> None:
+def _rows(data: Path, db_url: str | None = None) -> dict[str, bytes]:
+    engine = create_engine(db_url or f"sqlite:///{data / 'catalog.sqlite'}")
+    try:
+        with engine.connect() as connection:
+            query = text("SELECT path, embedding FROM images WHERE status = 'indexed'")
+            return {path: bytes(embedding) for path, embedding in connection.execute(query)}
+    finally:
+        engine.dispose()
+
+
+def test_build_status_rerun_verify_reindex(
+    photo_dir: Path,
+    tmp_path: Path,
+    db_url: str | None,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     data = tmp_path / "data"
-    first = _json(_indexer("build", str(photo_dir), "--data-dir", str(data), *SMALL, "--json", cwd=tmp_path))
+    _indexer = _subprocess_indexer
+    if db_url is not None:
+        # The SQLite run covers the process boundary; here the catalog is under test, and eight interpreter
+        # starts would cost a minute of the suite's time.
+        monkeypatch.chdir(tmp_path)
+        _indexer = _in_process_indexer(capsys)
+    first = _json(_indexer("build", str(photo_dir), *_catalog(data, db_url), *SMALL, "--json", cwd=tmp_path))
     assert (first["new"], first["embedded"], first["failed"]) == (12, 12, 0)
     assert first["weights"] == "random" and "RANDOM weights" in first["warning"]
 
-    status = _json(_indexer("status", "--data-dir", str(data), "--json", cwd=tmp_path))
+    status = _json(_indexer("status", *_catalog(data, db_url), "--json", cwd=tmp_path))
     assert {k: status[k] for k in ("images", "failed", "vectors", "weights", "image_size", "index_type")} == {
         "images": 12,
         "failed": 0,
@@ -57,19 +99,19 @@ def test_build_status_rerun_verify_reindex(photo_dir: Path, tmp_path: Path) -> N
     }
     assert status["model"] == "rope_i_vit_reg1_s16_pn_npn_avg_c1" and status["index_current"] is True
 
-    human = _indexer("status", "--data-dir", str(data), cwd=tmp_path)
+    human = _indexer("status", *_catalog(data, db_url), cwd=tmp_path)
     assert "12 indexed" in human.stdout and "WARNING: built with RANDOM weights" in human.stdout
 
-    second = _json(_indexer("build", str(photo_dir), "--data-dir", str(data), *SMALL, "--json", cwd=tmp_path))
+    second = _json(_indexer("build", str(photo_dir), *_catalog(data, db_url), *SMALL, "--json", cwd=tmp_path))
     assert (second["embedded"], second["unchanged"]) == (0, 12)
 
-    assert _indexer("verify", "--data-dir", str(data), cwd=tmp_path).returncode == 0
+    assert _indexer("verify", *_catalog(data, db_url), cwd=tmp_path).returncode == 0
     for faiss_file in (data / "index").glob("*.faiss"):
         faiss_file.unlink()
-    broken = _indexer("verify", "--data-dir", str(data), cwd=tmp_path)
+    broken = _indexer("verify", *_catalog(data, db_url), cwd=tmp_path)
     assert broken.returncode == 1 and "cannot read" in broken.stdout
-    assert _indexer("reindex", "--data-dir", str(data), cwd=tmp_path).returncode == 0
-    assert _indexer("verify", "--data-dir", str(data), cwd=tmp_path).returncode == 0
+    assert _indexer("reindex", *_catalog(data, db_url), cwd=tmp_path).returncode == 0
+    assert _indexer("verify", *_catalog(data, db_url), cwd=tmp_path).returncode == 0
 
 
 def test_progress_bar_and_human_summary(photo_dir: Path, tmp_path: Path) -> None:
@@ -117,22 +159,29 @@ def _noise_photos(folder: Path, count: int) -> None:
         Image.fromarray(pixels).save(folder / f"{i:04d}.jpg", quality=85)
 
 
-def test_sigkilled_build_resumes_to_the_uninterrupted_state(tmp_path: Path) -> None:
-    photos = tmp_path / "generated"
-    _noise_photos(photos, 240)
-    reference = tmp_path / "reference"
-    _json(_indexer("build", str(photos), "--data-dir", str(reference), *SMALL, "--json", cwd=tmp_path))
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, bytes]]:
+    """Generated photos and the rows of one uninterrupted build of them (SQLite), shared by both catalogs."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    photos = root / "generated"
+    _noise_photos(photos, PHOTOS_TO_KILL)
+    reference = root / "reference"
+    _json(_indexer("build", str(photos), "--data-dir", str(reference), *SMALL, "--json", cwd=root))
+    return photos, _rows(reference)
 
+
+def test_sigkilled_build_resumes_to_the_uninterrupted_state(
+    uninterrupted: tuple[Path, dict[str, bytes]], tmp_path: Path, db_url: str | None
+) -> None:
+    photos, reference_rows = uninterrupted
     killed = tmp_path / "killed"
-    db = killed / "catalog.sqlite"
     command = [
         sys.executable,
         "-m",
         "indexer",
         "build",
         str(photos),
-        "--data-dir",
-        str(killed),
+        *_catalog(killed, db_url),
         *SMALL,
         "--batch-size",
         "4",
@@ -145,11 +194,11 @@ def test_sigkilled_build_resumes_to_the_uninterrupted_state(tmp_path: Path) -> N
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and process.poll() is None:
-            if db.exists():
+            if db_url is not None or (killed / "catalog.sqlite").exists():
                 try:
-                    committed = len(_rows(db))
-                except sqlite3.Error:
-                    committed = 0
+                    committed = len(_rows(killed, db_url))
+                except SQLAlchemyError:
+                    committed = 0  # the tables are not there yet
                 if committed >= 20:
                     break
             time.sleep(0.02)
@@ -157,11 +206,11 @@ def test_sigkilled_build_resumes_to_the_uninterrupted_state(tmp_path: Path) -> N
     finally:
         process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL, "the build finished before it could be killed"
-    at_kill = len(_rows(db))
-    assert 20 <= at_kill < 240
+    at_kill = len(_rows(killed, db_url))
+    assert 20 <= at_kill < PHOTOS_TO_KILL
 
-    resumed = _json(_indexer("build", str(photos), "--data-dir", str(killed), *SMALL, "--json", cwd=tmp_path))
+    resumed = _json(_indexer("build", str(photos), *_catalog(killed, db_url), *SMALL, "--json", cwd=tmp_path))
     # Nothing committed before the kill went through the model again.
-    assert resumed["embedded"] == 240 - at_kill
-    assert _indexer("verify", "--data-dir", str(killed), cwd=tmp_path).returncode == 0
-    assert _rows(db) == _rows(reference / "catalog.sqlite")
+    assert resumed["embedded"] == PHOTOS_TO_KILL - at_kill
+    assert _indexer("verify", *_catalog(killed, db_url), cwd=tmp_path).returncode == 0
+    assert _rows(killed, db_url) == reference_rows

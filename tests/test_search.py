@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from indexer.config import LoupeConfig
 from indexer.pipeline import run_build
 from search.duplicates import find_duplicate_groups
 from search.engine import QueryError, SearchEngine, match_label
 from search.lookup import reverse_lookup
-from tests.conftest import PHOTOS, small_config
+from tests.conftest import PHOTOS, new_postgres_database, small_config
 
 NEAR_COPY_THRESHOLD = 0.99  # random weights at 64 px: re-encoded copies score >= 0.997, distinct photos <= 0.97
 
@@ -27,9 +28,19 @@ def _near_copy(source: Path, target: Path, scale: float = 0.6, quality: int = 70
     return target
 
 
-@pytest.fixture(scope="module")
-def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """12 photos split over two folders, plus an exact copy and a near copy of two of them."""
+# The catalog each collection was built into (None: SQLite in its data dir).
+_CATALOGS: dict[Path, str | None] = {}
+
+
+def _config(collection: Path) -> LoupeConfig:
+    return small_config(collection / "data", _CATALOGS[collection])
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def collection(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    """12 photos split over two folders, plus an exact copy and a near copy of two of them; built once into
+    SQLite and once into PostgreSQL."""
+    db_url = None if request.param == "sqlite" else new_postgres_database(request)
     root = tmp_path_factory.mktemp("collection")
     photos = sorted(PHOTOS.glob("*.jpg"))
     for number, photo in enumerate(photos):
@@ -40,13 +51,14 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
     planted.mkdir()
     shutil.copy2(PHOTOS / "scikit-image__moon.jpg", planted / "moon-exact-copy.jpg")
     _near_copy(PHOTOS / "scikit-image__astronaut.jpg", planted / "astronaut-small.jpg")
-    run_build(small_config(root / "data"), [root / "photos"], show_progress=False)
+    _CATALOGS[root] = db_url
+    run_build(_config(root), [root / "photos"], show_progress=False)
     return root
 
 
 @pytest.fixture()
 def engine(collection: Path) -> Iterator[SearchEngine]:
-    opened = SearchEngine.open(small_config(collection / "data"))
+    opened = SearchEngine.open(_config(collection))
     yield opened
     opened.close()
 
@@ -81,7 +93,7 @@ def test_file_bytes_and_pil_queries_agree(engine: SearchEngine) -> None:
 
 
 def test_more_like_this_by_path_or_id_needs_no_model(collection: Path) -> None:
-    engine = SearchEngine.open(small_config(collection / "data"))
+    engine = SearchEngine.open(_config(collection))
     photo = engine.photo(collection / "photos" / "a" / "scikit-image__moon.jpg")
     by_path = engine.search_similar(collection / "photos" / "a" / "scikit-image__moon.jpg", 3)
     by_id = engine.search_similar(str(photo.id), 3)
@@ -150,16 +162,16 @@ def test_low_threshold_merges_more(engine: SearchEngine) -> None:
     assert [len(g.members) for g in loose] == sorted((len(g.members) for g in loose), reverse=True)
 
 
-def test_engine_follows_new_commits(collection: Path, tmp_path: Path) -> None:
-    data = tmp_path / "data"
+def test_engine_follows_new_commits(tmp_path: Path, db_url: str | None) -> None:
+    config = small_config(tmp_path / "data", db_url)
     photos = tmp_path / "photos"
     photos.mkdir()
     shutil.copy(PHOTOS / "scikit-image__rocket.jpg", photos)
-    run_build(small_config(data), [photos], show_progress=False)
-    engine = SearchEngine.open(small_config(data))
+    run_build(config, [photos], show_progress=False)
+    engine = SearchEngine.open(config)
     assert engine.ntotal == 1
     shutil.copy(PHOTOS / "scikit-image__coffee.jpg", photos)
-    run_build(small_config(data), [photos], show_progress=False)
+    run_build(config, [photos], show_progress=False)
     assert engine.ntotal == 2
     assert engine.search_image(PHOTOS / "scikit-image__coffee.jpg", 1)[0].path.endswith("coffee.jpg")
     engine.close()
@@ -180,13 +192,14 @@ def test_reverse_lookup_over_a_folder(engine: SearchEngine, tmp_path: Path) -> N
 
 
 def test_query_image_limits(collection: Path) -> None:
-    config = small_config(collection / "data", **{"search.max_query_bytes": 1000})
+    config = small_config(collection / "data", _CATALOGS[collection], **{"search.max_query_bytes": 1000})
     engine = SearchEngine.open(config)
     with pytest.raises(QueryError, match="file-too-large"):
         engine.search_image(PHOTOS / "scikit-image__rocket.jpg")
     buffer = io.BytesIO()
     Image.new("RGB", (4000, 3000)).save(buffer, "PNG")
-    big = SearchEngine.open(small_config(collection / "data", **{"search.max_query_pixels": 1_000_000}))
+    big_config = small_config(collection / "data", _CATALOGS[collection], **{"search.max_query_pixels": 1_000_000})
+    big = SearchEngine.open(big_config)
     with pytest.raises(QueryError, match="too-many-pixels"):
         big.search_image(buffer.getvalue())
     engine.close()

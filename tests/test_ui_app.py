@@ -10,7 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from indexer.pipeline import run_build
-from tests.conftest import PHOTOS, small_config
+from tests.conftest import PHOTOS, new_postgres_database, small_config
 
 APP = str(Path(__file__).resolve().parent.parent / "ui" / "app.py")
 
@@ -121,3 +121,20 @@ def test_duplicates_page(app: AppTest) -> None:
     assert any(c.startswith("★ suggested original") for c in captions)
     assert any(c.startswith("exact copy") and "moon" in c for c in captions)
     assert app.get("download_button")
+
+
+def test_the_app_reads_a_postgresql_catalog(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    db_url = new_postgres_database(request)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("scikit-image__moon.jpg", "scikit-image__rocket.jpg"):
+        shutil.copy(PHOTOS / name, photos)
+    run_build(small_config(tmp_path / "data", db_url), [photos], show_progress=False)
+    monkeypatch.setenv("LOUPE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("LOUPE_DB_URL", db_url)
+    monkeypatch.delenv("LOUPE_CONFIG", raising=False)
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    assert not at.exception
+    assert "2 images (0 failed)" in _captions(at)[0]

@@ -1,7 +1,8 @@
 """What the UI loads once per process: the config, the search engine and the collection status.
 
-``streamlit run ui/app.py -- --data-dir DIR [--config FILE]``; without flags the data dir comes from
-``config.yaml`` (or ``LOUPE_DATA_DIR`` / ``LOUPE_CONFIG`` in the environment, which tests use).
+``streamlit run ui/app.py -- --data-dir DIR [--db-url URL] [--config FILE]``; without flags they come from
+``config.yaml`` (or ``LOUPE_DATA_DIR`` / ``LOUPE_DB_URL`` / ``LOUPE_CONFIG`` in the environment; the
+environment keeps a database password out of the process list).
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ def resolve_config() -> LoupeConfig:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--data-dir", type=Path)
     parser.add_argument("--config", type=Path)
+    parser.add_argument("--db-url")
     args, _ = parser.parse_known_args(sys.argv[1:])
     config_file = args.config or (Path(os.environ["LOUPE_CONFIG"]) if os.environ.get("LOUPE_CONFIG") else None)
     data_dir = args.data_dir or (Path(os.environ["LOUPE_DATA_DIR"]) if os.environ.get("LOUPE_DATA_DIR") else None)
-    return with_overrides(load_config(config_file), {"data_dir": data_dir})
+    db_url = args.db_url or os.environ.get("LOUPE_DB_URL") or None
+    return with_overrides(load_config(config_file), {"data_dir": data_dir, "db_url": db_url})
 
 
 @st.cache_resource(show_spinner="Opening the collection and loading the model...")
