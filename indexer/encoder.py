@@ -212,7 +212,7 @@ def resolve_precision(precision: str, device: torch.device) -> Precision:
       development machine (AVX2) it measured 1.3x (512 px) to 1.5x (224 px) faster than fp32, with
       embeddings at cosine >= 0.9999; bfloat16 is emulated there and 6x slower than fp32.
 
-    Whatever is picked, the first batch of a run is checked against fp32 (see :class:`Encoder`).
+    Whatever is picked, the first photos of a run are checked against fp32 (see :class:`Encoder`).
     """
     if precision == "auto":
         if device.type == "cuda" or cpu_has_native_bf16():
@@ -223,12 +223,16 @@ def resolve_precision(precision: str, device: torch.device) -> Precision:
     return precision  # type: ignore[return-value]
 
 
-# Tokens per forward pass that ``runtime.batch_size: 0`` aims for. On the 2-core CPU a 512 px batch
-# of 16 (16k tokens) ran slower per image than batches of 1-4: activations outgrow the caches.
-CPU_TOKENS_PER_BATCH = 4_096
+# Tokens per forward pass that ``runtime.batch_size: 0`` aims for. On the 2-core CPU (int8 and fp32
+# alike) 512 px ran fastest per image in batches of 1-2 and slower from 4 (activations outgrow the
+# caches); 224 px was flat from 4 to 16.
+CPU_TOKENS_PER_BATCH = 2_048
 CUDA_TOKENS_PER_BATCH = 65_536
 # Largest automatic batch; also bounds what a kill can lose (one batch in flight).
 MAX_AUTO_BATCH = {"cpu": 64, "cuda": 512}
+# Photos of a run's first batch that are also run in fp32 to check a faster precision's faithfulness:
+# enough to catch a model whose activations quantise badly, without a whole fp32 batch per run.
+FAITHFULNESS_CHECK_IMAGES = 4
 # torch.compile costs a minute or more before the first batch; below this many photos it cannot pay off.
 COMPILE_PAYS_OFF_FROM = 2_000
 
@@ -255,7 +259,8 @@ def should_compile(setting: str, device: torch.device, images: int) -> bool:
 class Encoder:
     """Runs a :class:`LoadedModel` on batches of uint8 pixels from :func:`indexer.preprocess.model_pixels`.
 
-    With int8 or bf16 the first batch is also run in fp32 and compared. If any embedding falls below
+    With int8 or bf16 the first photos of the first batch are also run in fp32 and compared. If any
+    embedding falls below
     ``min_cosine`` to its fp32 twin, the encoder switches to fp32 for good (and says so): a model whose
     activations quantise badly can never degrade an index silently.
 
@@ -300,8 +305,9 @@ class Encoder:
     def _check_against_fp32(
         self, x: torch.Tensor, embeddings: torch.Tensor, patches: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        reference, reference_patches = self._forward(x, reference=True)
-        self.checked_cosine = float((embeddings * reference).sum(dim=1).min())
+        checked = min(len(x), FAITHFULNESS_CHECK_IMAGES)
+        reference, _ = self._forward(x[:checked], reference=True)
+        self.checked_cosine = float((embeddings[:checked] * reference).sum(dim=1).min())
         if self.checked_cosine >= self.min_cosine:
             return embeddings, patches
         logger.warning(
@@ -312,7 +318,7 @@ class Encoder:
         )
         self.precision = "fp32"
         self._features = self.model.net.forward_features  # type: ignore[assignment]
-        return reference, reference_patches
+        return self._forward(x, reference=True)
 
     def encode(self, pixels: torch.Tensor) -> EncodedBatch:
         """Embed ``[B, 3, S, S]`` uint8 pixels in one forward pass."""

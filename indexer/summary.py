@@ -67,7 +67,7 @@ def build_summary_lines(summary: BuildSummary) -> list[str]:
         lines.append(
             f"  {summary.precision} inference, batch {summary.batch_size}"
             + (", compiled" if summary.compiled else "")
-            + (f" (embeddings at cosine >= {checked:.4f} to fp32 on the first batch)" if checked is not None else "")
+            + (f" (embeddings at cosine >= {checked:.4f} to fp32 on the first photos)" if checked is not None else "")
         )
     if summary.unchanged_failed:
         lines.append(f"  {summary.unchanged_failed} unchanged files are still failed from earlier builds")

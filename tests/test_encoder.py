@@ -140,8 +140,8 @@ def test_int8_vector_depends_only_on_its_own_photo(random_model: LoadedModel) ->
 def test_automatic_batch_size_follows_the_token_budget(random_model: LoadedModel) -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     at = {size: replace(random_model, image_size=size) for size in (64, 224, 512)}
-    assert resolve_batch_size(0, at[224], cpu) == 16
-    assert resolve_batch_size(0, at[512], cpu) == 4
+    assert resolve_batch_size(0, at[224], cpu) == 8
+    assert resolve_batch_size(0, at[512], cpu) == 2
     assert resolve_batch_size(0, at[64], cpu) == 64  # capped: a kill loses at most one batch
     assert resolve_batch_size(0, at[224], cuda) == 256
     assert resolve_batch_size(0, at[512], cuda) == 64
