@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -154,6 +155,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=-1, help="decode workers (-1 = the build's automatic count)")
     parser.add_argument("--weights", default="random", help="random (default; same cost as pretrained) or pretrained")
     parser.add_argument("--limit", type=int, help="use only the first N photos (sorted by name)")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the measurements N times; medians")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     if (args.photos is None) == (args.generate is None):
@@ -185,16 +187,25 @@ def main() -> int:
             "runtime.workers": args.workers,
         },
     )
-    forward, precision = forward_only(config, len(files))
-    forward_fp32 = forward if precision == "fp32" else forward_only(config, len(files), "fp32")[0]
-    summary, build_wall = end_to_end(config, photos)
-    build = summary.images_per_s
-    ceiling = decode_ceiling(config, files, summary.batch_size)
-    loop = naive(config, files)
+    # Rounds interleave the measurements, so a noisy neighbour slows all of them alike; medians are kept.
+    rounds: dict[str, list[float]] = {"forward": [], "fp32": [], "build": [], "wall": [], "ceiling": [], "naive": []}
+    for _ in range(args.rounds):
+        forward_round, precision = forward_only(config, len(files))
+        rounds["forward"].append(forward_round)
+        rounds["fp32"].append(forward_round if precision == "fp32" else forward_only(config, len(files), "fp32")[0])
+        summary, build_wall_round = end_to_end(config, photos)
+        rounds["build"].append(summary.images_per_s)
+        rounds["wall"].append(build_wall_round)
+        rounds["ceiling"].append(decode_ceiling(config, files, summary.batch_size))
+        rounds["naive"].append(naive(config, files))
+    forward, forward_fp32, build, build_wall, ceiling, loop = (
+        statistics.median(rounds[name]) for name in ("forward", "fp32", "build", "wall", "ceiling", "naive")
+    )
     device = resolve_device(args.device)
     limit = min(forward, ceiling)
     report: dict[str, Any] = {
         "photos": len(files),
+        "rounds": args.rounds,
         "generated_12mp": bool(args.generate),
         "image_size": args.image_size,
         "precision": summary.precision,
@@ -218,11 +229,11 @@ def main() -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    cosine = f", cosine >= {summary.checked_cosine:.4f} to fp32" if summary.checked_cosine is not None else ""
+    cosine = f", cosine >= {summary.checked_cosine:.5f} to fp32" if summary.checked_cosine is not None else ""
     print(
         f"indexing benchmark: {len(files)} photos at {args.image_size} px, {summary.precision}{cosine}, "
         f"batch {summary.batch_size}, {report['workers']} decode workers, {report['device']}, "
-        f"{report['torch_threads']} torch threads"
+        f"{report['torch_threads']} torch threads, median of {args.rounds} round(s)"
     )
     print(f"{'(a) forward-only':<30} {forward:8.2f} img/s  (fp32: {forward_fp32:.2f})")
     print(f"{'(b) end-to-end build':<30} {build:8.2f} img/s  ({build_wall:.2f} with model load and index write)")

@@ -191,11 +191,12 @@ def _build_locked(
         )
         logger.info("%d files found, %d unchanged, %d to read", len(scanned), summary.unchanged, len(todo))
 
-        processing_started = time.perf_counter()
         summary.batch_size = resolve_batch_size(config.runtime.batch_size, model, device)
         local = config.runtime.engine != "ray"
         summary.compiled = local and bool(todo) and should_compile(config.runtime.compile, device, len(todo))
+        # Preparing the network (int8 quantisation) counts as model loading, not as processing.
         encoder = Encoder(model, device, config.runtime.precision, config.runtime.min_cosine, compile=summary.compiled)
+        processing_started = time.perf_counter()
         limits = DecodeLimits(max_pixels=config.decode.max_pixels, max_file_bytes=config.decode.max_file_bytes)
         committer = BatchCommitter(catalog, encoder, states, summary, patch_grid, limits)
         if todo:
