@@ -12,7 +12,7 @@ import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -134,7 +134,14 @@ class BatchCommitter:
         """One forward pass over results that carry pixels."""
         if any(r.pixels is None for r in results):
             raise ValueError("a decoded result without pixels needs a model output computed elsewhere")
-        encoded = self.encoder.encode(torch.stack([r.pixels for r in results]))  # type: ignore[misc]
+        pixels = [cast(torch.Tensor, r.pixels) for r in results]
+        if self.encoder.device.type == "cuda" and all(p.device.type == "cpu" for p in pixels):
+            # Stacked straight into page-locked memory: the copy to the GPU is a non-blocking DMA.
+            batch = torch.empty((len(pixels), *pixels[0].shape), dtype=pixels[0].dtype, pin_memory=True)
+            torch.stack(pixels, out=batch)
+        else:
+            batch = torch.stack(pixels)
+        encoded = self.encoder.encode(batch)
         grids = pool_patches(encoded.patches, self.patch_grid) if self.patch_grid else None
         return [
             ModelOutput(

@@ -209,8 +209,8 @@ def resolve_precision(precision: str, device: torch.device) -> Precision:
     - CUDA: bfloat16.
     - A CPU with AMX or AVX512-BF16: bfloat16.
     - Other CPUs: int8, dynamic quantisation of the linear layers one image at a time. On the 2-core
-      development machine (AVX2) it measured 1.3x (512 px) to 1.5x (224 px) faster than fp32, with
-      embeddings at cosine >= 0.9999; bfloat16 is emulated there and 6x slower than fp32.
+      development machine (AVX2) it measured 1.15x-1.3x faster than fp32 forward-only (224 and 512 px),
+      with embeddings at cosine >= 0.9999; bfloat16 is emulated there and 6x slower than fp32.
 
     Whatever is picked, the first photos of a run are checked against fp32 (see :class:`Encoder`).
     """
@@ -260,9 +260,8 @@ class Encoder:
     """Runs a :class:`LoadedModel` on batches of uint8 pixels from :func:`indexer.preprocess.model_pixels`.
 
     With int8 or bf16 the first photos of the first batch are also run in fp32 and compared. If any
-    embedding falls below
-    ``min_cosine`` to its fp32 twin, the encoder switches to fp32 for good (and says so): a model whose
-    activations quantise badly can never degrade an index silently.
+    embedding falls below ``min_cosine`` to its fp32 twin, the encoder switches to fp32 for good (and says
+    so): a model whose activations quantise badly can never degrade an index silently.
 
     ``compile`` wraps the forward pass in ``torch.compile`` (worth it on a GPU for long runs: the first
     batch pays the compilation).
