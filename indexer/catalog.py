@@ -514,16 +514,11 @@ class Catalog:
         wanted = [int(i) for i in ids]
         for start in range(0, len(wanted), chunk):
             part = wanted[start : start + chunk]
-            query = select(ImageRecord.id, ImageRecord.embedding).where(
-                ImageRecord.id.in_(part), ImageRecord.status == STATUS_INDEXED
-            )
-            with self.session() as session:
-                found = {id_: data for id_, data in session.execute(query) if data is not None}
+            found = self.stored_embeddings(part, dim)
             missing = [i for i in part if i not in found]
             if missing:
                 raise CatalogError(f"{len(missing)} indexed rows have no stored embedding (first: id {missing[0]})")
-            vectors = np.stack([bytes_to_vector(found[i], dim) for i in part])
-            yield np.asarray(part, dtype=np.int64), vectors
+            yield np.asarray(part, dtype=np.int64), np.stack([found[i] for i in part])
 
     def stored_embeddings(self, ids: Sequence[int], dim: int) -> dict[int, Embeddings]:
         """The stored embeddings of those ``ids`` that are indexed now (rows removed meanwhile are absent)."""
