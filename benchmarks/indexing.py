@@ -90,7 +90,7 @@ def decode_ceiling(config: LoupeConfig, files: list[Path], batch_size: int) -> f
     size = config.model.image_size
     dataset = PhotoDataset(items, size, limits, frozenset(), GPU_JPEG_MIN_PIXELS if device_jpegs else None)
     workers = resolve_workers(config.runtime.workers, device)
-    loader = make_loader(dataset, batch_size, workers, pin_memory=device.type == "cuda")
+    loader = make_loader(dataset, batch_size, workers, pin_memory=False)
     started = time.perf_counter()
     count = 0
     for batch in loader:

@@ -212,7 +212,8 @@ def _build_locked(
                         todo, model.image_size, limits, known_hashes, GPU_JPEG_MIN_PIXELS if device_jpegs else None
                     )
                     workers = resolve_workers(config.runtime.workers, device)
-                    loader = make_loader(dataset, summary.batch_size, workers, pin_memory=device.type == "cuda")
+                    # Not pinned here: the committer stacks each model batch straight into pinned memory.
+                    loader = make_loader(dataset, summary.batch_size, workers, pin_memory=False)
                     for batch in loader:
                         if device_jpegs:
                             batch = finish_on_device(batch, model.image_size, limits, device)

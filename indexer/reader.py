@@ -59,12 +59,6 @@ class ReadBatch:
     pixels: torch.Tensor | None
     decoded_positions: list[int]
 
-    def pin_memory(self) -> ReadBatch:
-        """Called by the DataLoader's pinning thread (``pin_memory=True``): page-locked pixels copy to the
-        GPU asynchronously."""
-        pixels = None if self.pixels is None else self.pixels.pin_memory()
-        return ReadBatch(self.results, pixels, self.decoded_positions)
-
 
 def read_one(
     item: WorkItem,
