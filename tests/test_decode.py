@@ -249,7 +249,7 @@ def test_cmyk_tiff() -> None:
     _assert_pixel(decoded.image, (8, 8), RED)
 
 
-def _ycck_jpeg(cmyk: tuple[int, int, int, int]) -> bytes:
+def _ycck_jpeg(cmyk: tuple[int, int, int, int], size: tuple[int, int] = (16, 16)) -> bytes:
     """An Adobe YCCK JPEG (APP14 transform 2) of one flat CMYK colour.
 
     Pillow only writes Adobe CMYK (transform 0), so we store the YCCK components ourselves and
@@ -267,7 +267,8 @@ def _ycck_jpeg(cmyk: tuple[int, int, int, int]) -> bytes:
     )
     # Pillow inverts CMYK on the way out (Adobe convention), so hand it 255 - stored.
     samples = np.clip(np.rint(255 - stored), 0, 255).astype(np.uint8)
-    image = Image.fromarray(np.broadcast_to(samples, (16, 16, 4)).copy(), mode="CMYK")
+    width, height = size
+    image = Image.fromarray(np.broadcast_to(samples, (height, width, 4)).copy(), mode="CMYK")
     data = bytearray(_encode(image, "JPEG", quality=100))
     app14 = data.find(b"\xff\xee")
     length = int.from_bytes(data[app14 + 2 : app14 + 4], "big")

@@ -30,6 +30,7 @@ from PIL import Image
 from indexer.catalog import path_from_db
 from tests.conftest import TEST_IMAGE_SIZE
 from tests.crash_harness import HARNESS_FILE, harness_env, one_torch_thread
+from tests.test_decode import _ycck_jpeg
 
 pytestmark = pytest.mark.slow
 
@@ -70,27 +71,6 @@ def _declared_size_png(width: int, height: int) -> bytes:
     data = bytearray(_encode(Image.new("RGB", (1, 1)), "PNG"))
     data[16:24] = struct.pack(">II", width, height)
     data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    return bytes(data)
-
-
-def _ycck_jpeg(cmyk: tuple[int, int, int, int] = (0, 255, 255, 0)) -> bytes:
-    """An Adobe YCCK JPEG (APP14 transform 2) of one flat CMYK colour: tests/test_decode.py::_ycck_jpeg."""
-    red, green, blue = (float(v) for v in cmyk[:3])
-    stored = np.array(
-        [
-            0.299 * red + 0.587 * green + 0.114 * blue,
-            -0.168736 * red - 0.331264 * green + 0.5 * blue + 128,
-            0.5 * red - 0.418688 * green - 0.081312 * blue + 128,
-            255 - cmyk[3],
-        ]
-    )
-    samples = np.clip(np.rint(255 - stored), 0, 255).astype(np.uint8)
-    image = Image.fromarray(np.broadcast_to(samples, (16, 24, 4)).copy(), mode="CMYK")
-    data = bytearray(_encode(image, "JPEG", quality=100))
-    app14 = data.find(b"\xff\xee")
-    length = int.from_bytes(data[app14 + 2 : app14 + 4], "big")
-    data[app14 + 1 + length] = 2
-    assert Image.open(io.BytesIO(bytes(data))).info["adobe_transform"] == 2
     return bytes(data)
 
 
@@ -146,7 +126,7 @@ def make_corpus(root: Path, seed: int = 7) -> Corpus:
     sixteen = Image.fromarray(np.arange(24 * 16, dtype=np.uint16).reshape(16, 24) * 170)
     put("16-bit PNG", "sixteen-bit.png", _encode(sixteen, "PNG"), indexed(24, 16))
     put("CMYK JPEG", "cmyk.jpg", _encode(Image.new("CMYK", (24, 16), (0, 255, 255, 0)), "JPEG"), indexed(24, 16))
-    put("YCCK JPEG", "ycck.jpg", _ycck_jpeg(), indexed(24, 16))
+    put("YCCK JPEG", "ycck.jpg", _ycck_jpeg((0, 255, 255, 0), size=(24, 16)), indexed(24, 16))
     palette = Image.new("P", (24, 16), 0)
     palette.putpalette([0, 0, 0, 255, 0, 0])
     palette.paste(1, (12, 0, 24, 16))
