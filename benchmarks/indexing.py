@@ -1,7 +1,8 @@
 """Indexing speed against the model's own limit, in one run, on the same photos, size, batch and device.
 
 (a) forward-only: the model alone on pre-made uint8 tensors (the pipeline's own encoder: normalisation
-    and one forward pass per batch) - the ceiling for end-to-end;
+    and the forward pass, batches submitted as the build submits them, one photo per image thread on
+    the CPU) - the ceiling for end-to-end;
 (b) end-to-end: a full ``indexer build`` into a fresh data dir (scan, read, hash, decode workers,
     inference, catalog commits, index write);
 (c) naive: the model card's loop, ``birder.inference.classification.infer_image`` one photo at a time
@@ -57,15 +58,27 @@ def forward_only(config: LoupeConfig, images: int, precision: str | None = None)
     """Images/s of the encoder alone on pre-made pixels (one warm-up batch excluded), and its precision."""
     device = resolve_device(config.runtime.device)
     model = load_model(config.model, device)
-    encoder = Encoder(model, device, precision or config.runtime.precision, config.runtime.min_cosine)
+    encoder = Encoder(
+        model,
+        device,
+        precision or config.runtime.precision,
+        config.runtime.min_cosine,
+        parallel_images=config.runtime.parallel_images,
+    )
     size, batch = config.model.image_size, resolve_batch_size(config.runtime.batch_size, model, device)
     generator = torch.Generator().manual_seed(0)
     pixels = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=generator)
     encoder.encode(pixels)
     batches = max(1, math.ceil(images / batch))
     started = time.perf_counter()
-    for _ in range(batches):
-        encoder.encode(pixels)
+    # Submitted like the build submits them: the next batch queues while the previous one is collected,
+    # so image threads never wait at the end of a batch.
+    previous = encoder.submit(pixels)
+    for _ in range(batches - 1):
+        current = encoder.submit(pixels)
+        previous.result()
+        previous = current
+    previous.result()
     if device.type == "cuda":
         torch.cuda.synchronize()
     return batches * batch / (time.perf_counter() - started), encoder.precision
@@ -90,12 +103,12 @@ def decode_ceiling(config: LoupeConfig, files: list[Path], batch_size: int) -> f
     size = config.model.image_size
     dataset = PhotoDataset(items, size, limits, frozenset(), GPU_JPEG_MIN_PIXELS if device_jpegs else None)
     workers = resolve_workers(config.runtime.workers, device)
-    loader = make_loader(dataset, batch_size, workers, pin_memory=False)
+    loader = make_loader(dataset, batch_size, workers, stack_pixels=False)
     started = time.perf_counter()
     count = 0
     for batch in loader:
         if device_jpegs:
-            batch = finish_on_device(batch, size, limits, device)
+            batch = finish_on_device(batch, size, limits, device, stack_pixels=False)
         count += len(batch.results)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -153,6 +166,9 @@ def main() -> int:
     parser.add_argument("--precision", default="auto", help="auto (the build's default), fp32, bf16, int8")
     parser.add_argument("--batch-size", type=int, default=0, help="0 = the build's automatic batch size")
     parser.add_argument("--workers", type=int, default=-1, help="decode workers (-1 = the build's automatic count)")
+    parser.add_argument(
+        "--parallel-images", type=int, default=-1, help="CPU photos at once, one thread each (-1 = auto, 0 = off)"
+    )
     parser.add_argument("--weights", default="random", help="random (default; same cost as pretrained) or pretrained")
     parser.add_argument("--limit", type=int, help="use only the first N photos (sorted by name)")
     parser.add_argument("--rounds", type=int, default=1, help="repeat the measurements N times; medians")
@@ -185,6 +201,7 @@ def main() -> int:
             "runtime.precision": args.precision,
             "runtime.batch_size": args.batch_size,
             "runtime.workers": args.workers,
+            "runtime.parallel_images": args.parallel_images,
         },
     )
     # Rounds interleave the measurements, so a noisy neighbour slows all of them alike; medians are kept.
@@ -211,6 +228,7 @@ def main() -> int:
         "precision": summary.precision,
         "cosine_to_fp32_first_batch": summary.checked_cosine,
         "batch_size": summary.batch_size,
+        "parallel_images": summary.parallel_images,
         "compiled": summary.compiled,
         "workers": resolve_workers(args.workers, device),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -232,7 +250,8 @@ def main() -> int:
     cosine = f", cosine >= {summary.checked_cosine:.5f} to fp32" if summary.checked_cosine is not None else ""
     print(
         f"indexing benchmark: {len(files)} photos at {args.image_size} px, {summary.precision}{cosine}, "
-        f"batch {summary.batch_size}, {report['workers']} decode workers, {report['device']}, "
+        f"batch {summary.batch_size}, {summary.parallel_images or 'whole-batch'} photos at once, "
+        f"{report['workers']} decode workers, {report['device']}, "
         f"{report['torch_threads']} torch threads, median of {args.rounds} round(s)"
     )
     print(f"{'(a) forward-only':<30} {forward:8.2f} img/s  (fp32: {forward_fp32:.2f})")

@@ -19,7 +19,7 @@ import torch
 
 from indexer.catalog import Catalog, FailedFile, FileOutcome, FileState, IndexedFile
 from indexer.decode import DecodeLimits
-from indexer.encoder import Embeddings, Encoder
+from indexer.encoder import Embeddings, EncodedBatch, Encoder, PendingEncoding
 from indexer.patches import PatchGrids, pool_patches
 from indexer.reader import ReadResult, read_one
 
@@ -65,6 +65,8 @@ class BatchCommitter:
         self.reasons: Counter[str] = Counter()
         # Hashes committed by this run: workers only know the hashes the catalog had at the start.
         self.run_hashes: set[str] = set()
+        # Hashes of batches submitted but not finished yet.
+        self.in_flight: set[str] = set()
 
     def _count_indexed(self, path: str) -> None:
         if path in self.states:
@@ -103,23 +105,71 @@ class BatchCommitter:
 
     def commit(self, results: Sequence[ReadResult], outputs: Mapping[str, ModelOutput] | None = None) -> None:
         """Commit one batch in one transaction. ``outputs``: model outputs already computed, by sha256."""
+        self.finish(self.submit(results, outputs))
+
+    def submit(self, results: Sequence[ReadResult], outputs: Mapping[str, ModelOutput] | None = None) -> PendingBatch:
+        """Start the model on the batch's new content and return before it is done (with image threads;
+        see :meth:`Encoder.submit`). Batches must be finished in the order they were submitted.
+
+        Content seen by this run in a batch not yet finished is not sent again: when this batch is
+        finished, the earlier one is committed and the content is reused from the catalog."""
         computed = outputs or {}
+        unique: dict[str, ReadResult] = {}
+        for result in results:
+            if result.error_reason is not None or result.known:
+                continue
+            if result.sha256 is None or result.width is None or result.height is None:
+                raise ValueError(f"{result.item.path}: a decoded result must carry its sha256 and size")
+            if result.sha256 in self.run_hashes or result.sha256 in self.in_flight:
+                continue
+            unique.setdefault(result.sha256, result)
+        missing = [result for sha, result in unique.items() if sha not in computed]
+        encoding = self._submit_model(missing) if missing else None
+        self.in_flight.update(unique)
+        return PendingBatch(results, computed, list(unique), missing, encoding)
+
+    def finish(self, pending: PendingBatch) -> int:
+        """Wait for the batch's model outputs, then write all of its rows in one transaction; returns the
+        number of results the batch had."""
+        output_of = {sha: pending.computed[sha] for sha in pending.embedded if sha in pending.computed}
+        if pending.encoding is not None:
+            outputs = self._model_outputs(pending.encoding.result())
+            output_of.update(zip((r.sha256 for r in pending.sent), outputs, strict=True))  # type: ignore[misc]
+        if pending.embedded:
+            self.summary.embedded += len(pending.embedded)
+            self.summary.model_batches += 1
         outcomes: list[FileOutcome] = []
         to_encode: list[ReadResult] = []
-        for result in results:
-            decoded = result.error_reason is None and not result.known
-            if result.known or (decoded and result.sha256 in self.run_hashes):
+        for result in pending.results:
+            if result.error_reason is not None:
+                outcomes.append(self._failed(result))
+            elif not result.known and result.sha256 in output_of:
+                outcomes.append(self._indexed(result, output_of[result.sha256]))
+            else:
                 reused = self._reuse(result)
                 if isinstance(reused, IndexedFile):
                     outcomes.append(reused)
                 elif reused is False:
                     to_encode.append(read_one(result.item, self.image_size, self.limits, frozenset()))
-                continue
-            to_encode.append(result)
-        outcomes.extend(self._encode(to_encode, computed))
+        if to_encode:
+            outcomes.extend(self.finish_now(to_encode))
         if outcomes:
             self.catalog.commit_outcomes(outcomes)
             self.run_hashes.update(o.sha256 for o in outcomes if isinstance(o, IndexedFile))
+        self.in_flight.difference_update(pending.embedded)
+        return len(pending.results)
+
+    def finish_now(self, results: list[ReadResult]) -> list[FileOutcome]:
+        """Outcomes of results re-read because their content's row vanished: failures, or fresh outputs."""
+        outcomes: list[FileOutcome] = [self._failed(r) for r in results if r.error_reason is not None]
+        decoded = {r.sha256: r for r in results if r.error_reason is None}
+        if decoded:
+            sent = list(decoded.values())
+            output_of = dict(zip(decoded, self._model_outputs(self._submit_model(sent).result()), strict=True))
+            self.summary.embedded += len(decoded)
+            self.summary.model_batches += 1
+            outcomes.extend(self._indexed(r, output_of[r.sha256]) for r in results if r.error_reason is None)
+        return outcomes
 
     def _failed(self, result: ReadResult) -> FailedFile:
         reason = result.error_reason or "unreadable"
@@ -130,8 +180,21 @@ class BatchCommitter:
             item.path, item.size_bytes, item.mtime_ns, result.sha256, reason, result.error_message or reason
         )
 
-    def _run_model(self, results: list[ReadResult]) -> list[ModelOutput]:
-        """One forward pass over results that carry pixels."""
+    def _indexed(self, result: ReadResult, output: ModelOutput) -> IndexedFile:
+        self._count_indexed(result.item.path)
+        return IndexedFile(
+            path=result.item.path,
+            size_bytes=result.item.size_bytes,
+            mtime_ns=result.item.mtime_ns,
+            sha256=result.sha256,  # type: ignore[arg-type]
+            width=result.width,  # type: ignore[arg-type]
+            height=result.height,  # type: ignore[arg-type]
+            embedding=output.embedding,
+            patches=output.patches,
+        )
+
+    def _submit_model(self, results: list[ReadResult]) -> PendingEncoding:
+        """Start one forward pass (or one photo per image thread) over results that carry pixels."""
         if any(r.pixels is None for r in results):
             raise ValueError("a decoded result without pixels needs a model output computed elsewhere")
         pixels = [cast(torch.Tensor, r.pixels) for r in results]
@@ -139,49 +202,30 @@ class BatchCommitter:
             # Stacked straight into page-locked memory: the copy to the GPU is a non-blocking DMA.
             batch = torch.empty((len(pixels), *pixels[0].shape), dtype=pixels[0].dtype, pin_memory=True)
             torch.stack(pixels, out=batch)
-        else:
-            batch = torch.stack(pixels)
-        encoded = self.encoder.encode(batch)
+            return self.encoder.submit(batch)
+        # A list, not a stack: image threads take the photos one by one.
+        return self.encoder.submit(pixels)
+
+    def _model_outputs(self, encoded: EncodedBatch) -> list[ModelOutput]:
         grids = pool_patches(encoded.patches, self.patch_grid) if self.patch_grid else None
         return [
             ModelOutput(
                 embedding=np.asarray(encoded.embeddings[i], dtype=np.float32),
                 patches=None if grids is None else grids[i],
             )
-            for i in range(len(results))
+            for i in range(len(encoded.embeddings))
         ]
 
-    def _encode(self, results: list[ReadResult], computed: Mapping[str, ModelOutput]) -> list[FileOutcome]:
-        """Failures become failure rows; decoded photos get their model output (one forward pass at most)."""
-        outcomes: list[FileOutcome] = [self._failed(r) for r in results if r.error_reason is not None]
-        decoded = [r for r in results if r.error_reason is None]
-        if not decoded:
-            return outcomes
-        # Identical bytes twice in one batch go through the model once.
-        unique: dict[str, ReadResult] = {}
-        for result in decoded:
-            if result.sha256 is None or result.width is None or result.height is None:
-                raise ValueError(f"{result.item.path}: a decoded result must carry its sha256 and size")
-            unique.setdefault(result.sha256, result)
-        output_of = {sha: computed[sha] for sha in unique if sha in computed}
-        missing = [result for sha, result in unique.items() if sha not in output_of]
-        if missing:
-            output_of.update(zip((r.sha256 for r in missing), self._run_model(missing), strict=True))  # type: ignore[misc]
-        self.summary.embedded += len(unique)
-        self.summary.model_batches += 1
-        for result in decoded:
-            output = output_of[result.sha256]  # type: ignore[index]
-            self._count_indexed(result.item.path)
-            outcomes.append(
-                IndexedFile(
-                    path=result.item.path,
-                    size_bytes=result.item.size_bytes,
-                    mtime_ns=result.item.mtime_ns,
-                    sha256=result.sha256,  # type: ignore[arg-type]
-                    width=result.width,  # type: ignore[arg-type]
-                    height=result.height,  # type: ignore[arg-type]
-                    embedding=output.embedding,
-                    patches=output.patches,
-                )
-            )
-        return outcomes
+
+@dataclass
+class PendingBatch:
+    """A batch submitted to :meth:`BatchCommitter.submit` and not yet finished.
+
+    ``embedded``: the new contents (by sha256) this batch brings, once each; ``sent``: those the model
+    is computing (the rest came computed); ``encoding``: the model's pending outputs for ``sent``."""
+
+    results: Sequence[ReadResult]
+    computed: Mapping[str, ModelOutput]
+    embedded: list[str]
+    sent: list[ReadResult]
+    encoding: PendingEncoding | None

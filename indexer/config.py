@@ -106,6 +106,7 @@ class RuntimeConfig:
     min_cosine: float = _checked(0.995, _at_least(0.0))
     batch_size: int = _checked(0, _at_least(0))
     workers: int = _checked(-1, _at_least(-1))
+    parallel_images: int = _checked(-1, _at_least(-1))
     compile: str = _checked("auto", _compile)
     gpu_jpeg: str = _checked("auto", _gpu_jpeg)
     engine: str = _checked("local", _engine)

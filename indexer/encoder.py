@@ -13,7 +13,8 @@ import logging
 import math
 import pickle
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -23,6 +24,7 @@ import torch
 
 from indexer.config import ModelConfig
 from indexer.errors import ConfigError, WeightsError
+from indexer.image_threads import ImageThreads, resolve_parallel_images
 from indexer.preprocess import normalize
 from indexer.weights import (
     WeightsIdentity,
@@ -37,6 +39,8 @@ from indexer.weights import (
 logger = logging.getLogger(__name__)
 
 Embeddings = npt.NDArray[np.float32]
+# uint8 model pixels: a stacked ``[B, 3, S, S]`` batch or a sequence of ``[3, S, S]`` images.
+Images = torch.Tensor | Sequence[torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -228,7 +232,7 @@ def resolve_precision(precision: str, device: torch.device) -> Precision:
 # caches); 224 px was flat from 4 to 16.
 CPU_TOKENS_PER_BATCH = 2_048
 CUDA_TOKENS_PER_BATCH = 65_536
-# Largest automatic batch; also bounds what a kill can lose (one batch in flight).
+# Largest automatic batch; also bounds what a kill can lose (two batches in flight).
 MAX_AUTO_BATCH = {"cpu": 64, "cuda": 512}
 # Photos of a run's first batch that are also run in fp32 to check a faster precision's faithfulness:
 # enough to catch a model whose activations quantise badly, without a whole fp32 batch per run.
@@ -265,6 +269,11 @@ class Encoder:
 
     ``compile`` wraps the forward pass in ``torch.compile`` (worth it on a GPU for long runs: the first
     batch pays the compilation).
+
+    ``parallel_images`` (``runtime.parallel_images``; CPU only; -1 = one per core torch uses): a batch's
+    photos run that many at a time, each on its own thread with one intra-op thread
+    (:mod:`indexer.image_threads`), instead of one pass over the whole batch with every thread on each
+    operator. The vectors are the same either way. :meth:`submit` then returns before the batch is done.
     """
 
     def __init__(
@@ -275,6 +284,7 @@ class Encoder:
         min_cosine: float = 0.995,
         *,
         compile: bool = False,
+        parallel_images: int = 0,
     ) -> None:
         self.model = model
         self.device = device
@@ -288,24 +298,46 @@ class Encoder:
         self._features: Callable[[torch.Tensor], torch.Tensor] = net.forward_features  # type: ignore[assignment]
         if compile:
             self._features = cast(Callable[[torch.Tensor], torch.Tensor], torch.compile(self._features))
+        # A compiled forward is not run from several threads at once: compiling takes the CPU's place.
+        threads = 0 if compile else resolve_parallel_images(parallel_images, device)
+        self.parallel_images = threads if threads >= 2 else 0
+        self._threads = ImageThreads(self.parallel_images) if self.parallel_images else None
 
-    def _forward(self, x: torch.Tensor, *, reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unit-norm embeddings and patch tokens; ``reference``: the plain fp32 network."""
+    def _embed_pixels(self, pixels: torch.Tensor, reference: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward pass over uint8 ``[B, 3, S, S]`` pixels (every model call goes through here):
+        unit-norm embeddings ``[B, D]`` and patch tokens ``[B, N, D]``; ``reference``: the fp32 network."""
+        model = self.model
+        x = normalize(pixels.to(self.device, non_blocking=True), model.rgb_mean, model.rgb_std)
         if reference:
-            tokens = self.model.net.forward_features(x)  # type: ignore[operator]
+            tokens = model.net.forward_features(x)  # type: ignore[operator]
         elif self.precision == "bf16":
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
                 tokens = self._features(x)
         else:
             tokens = self._features(x)
-        patches = tokens[:, self.model.num_special_tokens :].float()
+        patches = tokens[:, model.num_special_tokens :].float()
         return torch.nn.functional.normalize(patches.mean(dim=1), dim=1), patches
 
+    def _embed_one(self, pixels: torch.Tensor, reference: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One photo's ``[1, D]`` embedding and ``[1, N, D]`` patches, on an image thread (inference mode
+        and autocast are per thread)."""
+        with torch.inference_mode():
+            return self._embed_pixels(pixels[None], reference)
+
+    def _forward(self, images: Images, *, reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit-norm embeddings and patch tokens of uint8 ``images``: one photo per image thread when the
+        encoder has them, else one forward pass over the batch."""
+        if self._threads is not None and len(images) > 1:
+            parts = self._threads.map(lambda one: self._embed_one(one, reference), images)
+            return torch.cat([part[0] for part in parts]), torch.cat([part[1] for part in parts])
+        pixels = images if isinstance(images, torch.Tensor) else torch.stack(list(images))
+        return self._embed_pixels(pixels, reference)
+
     def _check_against_fp32(
-        self, x: torch.Tensor, embeddings: torch.Tensor, patches: torch.Tensor
+        self, images: Images, embeddings: torch.Tensor, patches: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        checked = min(len(x), FAITHFULNESS_CHECK_IMAGES)
-        reference, _ = self._forward(x[:checked], reference=True)
+        checked = min(len(images), FAITHFULNESS_CHECK_IMAGES)
+        reference, _ = self._forward(images[:checked], reference=True)
         self.checked_cosine = float((embeddings[:checked] * reference).sum(dim=1).min())
         if self.checked_cosine >= self.min_cosine:
             return embeddings, patches
@@ -317,25 +349,70 @@ class Encoder:
         )
         self.precision = "fp32"
         self._features = self.model.net.forward_features  # type: ignore[assignment]
-        return self._forward(x, reference=True)
+        return self._forward(images, reference=True)
 
-    def encode(self, pixels: torch.Tensor) -> EncodedBatch:
-        """Embed ``[B, 3, S, S]`` uint8 pixels in one forward pass."""
-        model = self.model
-        if pixels.ndim != 4 or pixels.shape[1:] != (3, model.image_size, model.image_size):
-            raise ValueError(
-                f"expected [B, 3, {model.image_size}, {model.image_size}] pixels, got {tuple(pixels.shape)}"
-            )
-        with torch.inference_mode():
-            x = normalize(pixels.to(self.device, non_blocking=True), model.rgb_mean, model.rgb_std)
-            embeddings, patches = self._forward(x)
-            if self.precision != "fp32" and self.checked_cosine is None:
-                embeddings, patches = self._check_against_fp32(x, embeddings, patches)
-            grid = model.grid_size
-            patch_grid = patches.reshape(patches.shape[0], grid, grid, model.dim)
-        self.calls += 1
-        self.images += int(pixels.shape[0])
+    def _validated(self, pixels: Images) -> Images:
+        size = self.model.image_size
+        shapes = [tuple(pixels.shape[1:])] if isinstance(pixels, torch.Tensor) else [tuple(p.shape) for p in pixels]
+        if (isinstance(pixels, torch.Tensor) and pixels.ndim != 4) or any(s != (3, size, size) for s in shapes):
+            got = tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else shapes
+            raise ValueError(f"expected [B, 3, {size}, {size}] pixels or [3, {size}, {size}] images, got {got}")
+        if len(pixels) == 0:
+            raise ValueError("nothing to encode: no images given")
+        return pixels
+
+    def _finished(self, embeddings: torch.Tensor, patches: torch.Tensor) -> EncodedBatch:
+        grid, dim = self.model.grid_size, self.model.dim
         return EncodedBatch(
             embeddings=embeddings.cpu().numpy().astype(np.float32, copy=False),
-            patches=patch_grid.cpu(),
+            patches=patches.reshape(patches.shape[0], grid, grid, dim).cpu(),
         )
+
+    def encode(self, pixels: Images) -> EncodedBatch:
+        """Embed uint8 ``[B, 3, S, S]`` pixels (or a sequence of ``[3, S, S]`` images) now."""
+        images = self._validated(pixels)
+        with torch.inference_mode():
+            embeddings, patches = self._forward(images)
+            if self.precision != "fp32" and self.checked_cosine is None:
+                embeddings, patches = self._check_against_fp32(images, embeddings, patches)
+        self.calls += 1
+        self.images += len(images)
+        return self._finished(embeddings, patches)
+
+    def submit(self, pixels: Images) -> PendingEncoding:
+        """Start embedding ``pixels`` and return at once; :meth:`PendingEncoding.result` waits for them.
+
+        With image threads the photos queue behind those submitted before, so a caller can commit one
+        batch while the next is computed. Without them (GPU, ``parallel_images: 0``), and for the first
+        batch of a precision that must still be checked against fp32, the work is done before returning.
+        """
+        images = self._validated(pixels)
+        if self._threads is None or len(images) < 2 or (self.precision != "fp32" and self.checked_cosine is None):
+            return PendingEncoding(self, [], self.encode(images))
+        self.calls += 1
+        self.images += len(images)
+        return PendingEncoding(self, [self._threads.submit(self._embed_one, image, False) for image in images], None)
+
+
+class PendingEncoding:
+    """Embeddings that image threads may still be computing (see :meth:`Encoder.submit`)."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        parts: list[Future[tuple[torch.Tensor, torch.Tensor]]],
+        done: EncodedBatch | None,
+    ) -> None:
+        self._encoder = encoder
+        self._parts = parts
+        self._done = done
+
+    def result(self) -> EncodedBatch:
+        """Wait for every photo of the batch; the first error of a photo is raised here."""
+        if self._done is None:
+            outputs = [part.result() for part in self._parts]
+            embeddings = torch.cat([output[0] for output in outputs])
+            patches = torch.cat([output[1] for output in outputs])
+            self._done = self._encoder._finished(embeddings, patches)
+            self._parts = []
+        return self._done

@@ -3,16 +3,18 @@
 Only the wiring lives here; each stage has its own module. The local engine (the default) decodes in
 DataLoader workers and runs the model in this process; ``runtime.engine: ray`` hands decoding and the
 model to a Ray cluster (:mod:`indexer.ray_engine`). Both commit through the same
-:class:`~indexer.committer.BatchCommitter`. Work is committed batch by batch, so a kill
-loses at most the batch in flight and the next run starts where this one stopped: files already in the
-catalog with the same size and mtime are skipped without being opened.
+:class:`~indexer.committer.BatchCommitter`. Work is committed batch by batch while the
+model computes the next batch, so a kill loses at most those two batches and the next run starts where
+this one stopped: files already in the catalog with the same size and mtime are skipped unopened.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from indexer.catalog import STATUS_FAILED, Catalog, FileState, Provenance, url_without_password
-from indexer.committer import BatchCommitter
+from indexer.committer import BatchCommitter, PendingBatch
 from indexer.config import RESOLVED_CONFIG_FILE, LoupeConfig, dump_config
 from indexer.decode import DecodeLimits, supported_extensions
 from indexer.device_decode import GPU_JPEG_MIN_PIXELS
@@ -33,6 +35,7 @@ from indexer.encoder import (
     resolve_device,
     should_compile,
 )
+from indexer.image_threads import one_intra_op_thread
 from indexer.lock import exclusive_writer
 from indexer.patches import effective_grid
 from indexer.reader import PhotoDataset, WorkItem, finish_on_device, make_loader, resolve_workers
@@ -71,6 +74,8 @@ class BuildSummary:
     precision: str = ""
     checked_cosine: float | None = None
     batch_size: int = 0
+    # Photos the CPU model ran at once, one thread each (0: whole batches).
+    parallel_images: int = 0
     compiled: bool = False
 
     @property
@@ -195,7 +200,14 @@ def _build_locked(
         local = config.runtime.engine != "ray"
         summary.compiled = local and bool(todo) and should_compile(config.runtime.compile, device, len(todo))
         # Preparing the network (int8 quantisation) counts as model loading, not as processing.
-        encoder = Encoder(model, device, config.runtime.precision, config.runtime.min_cosine, compile=summary.compiled)
+        encoder = Encoder(
+            model,
+            device,
+            config.runtime.precision,
+            config.runtime.min_cosine,
+            compile=summary.compiled,
+            parallel_images=config.runtime.parallel_images,
+        )
         processing_started = time.perf_counter()
         limits = DecodeLimits(max_pixels=config.decode.max_pixels, max_file_bytes=config.decode.max_file_bytes)
         committer = BatchCommitter(catalog, encoder, states, summary, patch_grid, limits)
@@ -212,13 +224,21 @@ def _build_locked(
                         todo, model.image_size, limits, known_hashes, GPU_JPEG_MIN_PIXELS if device_jpegs else None
                     )
                     workers = resolve_workers(config.runtime.workers, device)
-                    # Not pinned here: the committer stacks each model batch straight into pinned memory.
-                    loader = make_loader(dataset, summary.batch_size, workers, pin_memory=False)
-                    for batch in loader:
-                        if device_jpegs:
-                            batch = finish_on_device(batch, model.image_size, limits, device)
-                        committer.commit(batch.results)
-                        bar.update(len(batch.results))
+                    # Not stacked here: the committer hands the photos to image threads one by one, or stacks
+                    # them straight into pinned memory for a GPU.
+                    loader = make_loader(dataset, summary.batch_size, workers, stack_pixels=False)
+                    # The model computes one batch while the previous one is committed: a kill loses at
+                    # most these two batches, and the next run embeds them again.
+                    in_flight: deque[PendingBatch] = deque()
+                    with one_intra_op_thread() if encoder.parallel_images else contextlib.nullcontext():
+                        for batch in loader:
+                            if device_jpegs:
+                                batch = finish_on_device(batch, model.image_size, limits, device, stack_pixels=False)
+                            in_flight.append(committer.submit(batch.results))
+                            if len(in_flight) > 1:
+                                bar.update(committer.finish(in_flight.popleft()))
+                        while in_flight:
+                            bar.update(committer.finish(in_flight.popleft()))
 
         seen = {str(file.path) for file in scanned}
         gone = [path for path in states if path not in seen and _under(path, resolved_roots)]
@@ -229,6 +249,7 @@ def _build_locked(
         summary.processing_s = time.perf_counter() - processing_started
         summary.failures_by_reason = dict(committer.reasons)
         summary.precision = encoder.precision
+        summary.parallel_images = encoder.parallel_images
         summary.checked_cosine = encoder.checked_cosine
 
         summary.index = sync_index(catalog, config.data_dir, config.index)

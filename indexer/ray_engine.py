@@ -268,6 +268,7 @@ class EmbedStage:
         patch_grid: int,
         weights_sha256: str,
         threads: int,
+        parallel_images: int = -1,
     ) -> None:
         torch.set_num_threads(threads)
         # Ray makes the GPU it assigned to this actor the only visible one: plain "cuda" is that GPU.
@@ -278,7 +279,7 @@ class EmbedStage:
                 f"the model actor's weights ({model.weights.source}, sha256 {model.weights.sha256[:12]}...) "
                 f"differ from the driver's (sha256 {weights_sha256[:12]}...): every node must read the same weights"
             )
-        self.encoder = Encoder(model, resolved, precision, min_cosine)
+        self.encoder = Encoder(model, resolved, precision, min_cosine, parallel_images=parallel_images)
         self.image_size = model.image_size
         self.patch_grid = patch_grid
 
@@ -409,6 +410,7 @@ def embed_with_ray(
                 "patch_grid": patch_grid,
                 "weights_sha256": model.weights.sha256,
                 "threads": actor_cpus,
+                "parallel_images": config.runtime.parallel_images,
             },
             batch_size=batch_size,
             batch_format="numpy",

@@ -7,6 +7,7 @@ here raises for a bad file: clip-retrieval's reader drops such files; this one s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -88,7 +89,9 @@ def read_one(
     return ReadResult(item=item, sha256=sha256, width=decoded.width, height=decoded.height, pixels=pixels)
 
 
-def finish_on_device(batch: ReadBatch, image_size: int, limits: DecodeLimits, device: torch.device) -> ReadBatch:
+def finish_on_device(
+    batch: ReadBatch, image_size: int, limits: DecodeLimits, device: torch.device, *, stack_pixels: bool = True
+) -> ReadBatch:
     """Decode the batch's device JPEGs on ``device``; a JPEG the device rejects is read again on the CPU
     path, which decodes it or records why not."""
     waiting = [i for i, result in enumerate(batch.results) if result.jpeg is not None]
@@ -106,7 +109,7 @@ def finish_on_device(batch: ReadBatch, image_size: int, limits: DecodeLimits, de
     for position, result in enumerate(results):
         if result.pixels is not None and result.pixels.device != device:
             results[position] = replace(result, pixels=result.pixels.to(device, non_blocking=True))
-    return collate(results)
+    return collate(results, stack_pixels)
 
 
 class PhotoDataset(Dataset[ReadResult]):
@@ -133,10 +136,12 @@ class PhotoDataset(Dataset[ReadResult]):
         return read_one(self.items[index], self.image_size, self.limits, self.known_hashes, self.device_jpeg_min_pixels)
 
 
-def collate(results: list[ReadResult]) -> ReadBatch:
-    """Stack the decoded pixels; keep every result, failures included, in order."""
+def collate(results: list[ReadResult], stack_pixels: bool = True) -> ReadBatch:
+    """Keep every result, failures included, in order; with ``stack_pixels`` also stack the decoded
+    pixels for one forward pass (a build hands the model the photos one by one and skips the copy)."""
     positions = [i for i, result in enumerate(results) if result.pixels is not None]
-    pixels = torch.stack([results[i].pixels for i in positions]) if positions else None  # type: ignore[misc]
+    stacked = stack_pixels and positions
+    pixels = torch.stack([results[i].pixels for i in positions]) if stacked else None  # type: ignore[misc]
     return ReadBatch(results=results, pixels=pixels, decoded_positions=positions)
 
 
@@ -150,15 +155,14 @@ def resolve_workers(workers: int, device: torch.device) -> int:
     return min(2, cores)
 
 
-def make_loader(dataset: PhotoDataset, batch_size: int, workers: int, pin_memory: bool) -> Iterable[ReadBatch]:
-    """A DataLoader whose ``workers`` processes decode ahead while the model runs."""
+def make_loader(dataset: PhotoDataset, batch_size: int, workers: int, *, stack_pixels: bool) -> Iterable[ReadBatch]:
+    """A DataLoader whose ``workers`` processes decode ahead while the model runs (see :func:`collate`)."""
     loader: DataLoader[Any] = DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
-        collate_fn=collate,
-        pin_memory=pin_memory,
+        collate_fn=collate if stack_pixels else functools.partial(collate, stack_pixels=False),
         prefetch_factor=4 if workers > 0 else None,
         persistent_workers=False,
     )

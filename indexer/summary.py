@@ -35,6 +35,7 @@ def summary_to_dict(summary: BuildSummary) -> dict[str, Any]:
         "precision": summary.precision,
         "cosine_to_fp32": summary.checked_cosine,
         "batch_size": summary.batch_size,
+        "parallel_images": summary.parallel_images,
         "compiled": summary.compiled,
         "index": None
         if index is None
@@ -66,6 +67,7 @@ def build_summary_lines(summary: BuildSummary) -> list[str]:
         checked = summary.checked_cosine
         lines.append(
             f"  {summary.precision} inference, batch {summary.batch_size}"
+            + (f", {summary.parallel_images} photos at once" if summary.parallel_images else "")
             + (", compiled" if summary.compiled else "")
             + (f" (embeddings at cosine >= {checked:.4f} to fp32 on the first photos)" if checked is not None else "")
         )

@@ -217,7 +217,9 @@ class SearchEngine:
                         f"({model.weights.source}): queries would be compared in another space"
                     )
                 runtime = self.config.runtime
-                self._encoder = Encoder(model, device, runtime.precision, runtime.min_cosine)
+                self._encoder = Encoder(
+                    model, device, runtime.precision, runtime.min_cosine, parallel_images=runtime.parallel_images
+                )
             return self._encoder
 
     def batch_size(self) -> int:

@@ -52,7 +52,7 @@ def reverse_lookup(
         return
     limits = DecodeLimits(max_pixels=config.search.max_query_pixels, max_file_bytes=config.search.max_query_bytes)
     dataset = PhotoDataset(items, engine.provenance.image_size, limits, frozenset())
-    loader = make_loader(dataset, engine.batch_size(), engine.decode_workers(), pin_memory=False)
+    loader = make_loader(dataset, engine.batch_size(), engine.decode_workers(), stack_pixels=True)
     with tqdm(total=len(items), desc="looking up", unit="img", disable=not show_progress) as bar:
         for batch in loader:
             vectors = engine.encode_pixels(batch.pixels) if batch.pixels is not None else None

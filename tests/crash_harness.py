@@ -17,7 +17,8 @@ Phases, each hooked where the work really happens rather than where the pipeline
 
     scan          after the N-th file is stat'ed by the scan (indexer.scan._stat_file)
     decode        after the N-th image's pixels are decoded (PIL ImageFile.load)
-    inference     after the N-th forward pass returned (indexer.encoder.Encoder.encode)
+    inference     after the N-th forward pass returned (indexer.encoder.Encoder._embed_pixels: one per
+                  batch, or one per photo where the encoder runs photos on image threads)
     commit        at the N-th database COMMIT, its rows flushed but not yet committed (SQLAlchemy event)
     index-write   after the N-th FAISS file is written to its temporary name, which is then cut to half
                   its length (a torn write) before the kill (faiss.write_index)
@@ -34,6 +35,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -158,19 +160,23 @@ def _install(calls_log: Path, trigger: _Trigger) -> None:
 
     ImageFile.ImageFile.load = counted_load  # type: ignore[method-assign]
 
-    encode = Encoder.encode
+    embed_pixels = Encoder._embed_pixels
+    one_at_a_time = threading.Lock()  # image threads run forward passes concurrently
 
-    def logged_encode(self: Any, pixels: Any) -> Any:
-        result = encode(self, pixels)
+    def logged_embed_pixels(self: Any, pixels: Any, reference: bool) -> Any:
+        result = embed_pixels(self, pixels, reference)
+        if reference:  # the first photos' fp32 faithfulness check: not an embedding that gets stored
+            return result
         lines = "".join(hashlib.sha256(row.contiguous().numpy().tobytes()).hexdigest() + "\n" for row in pixels)
-        with calls_log.open("a", encoding="utf-8") as log:
-            log.write(lines)
-            log.flush()
-            os.fsync(log.fileno())
-        trigger.reached("inference")
+        with one_at_a_time:
+            with calls_log.open("a", encoding="utf-8") as log:
+                log.write(lines)
+                log.flush()
+                os.fsync(log.fileno())
+            trigger.reached("inference")
         return result
 
-    Encoder.encode = logged_encode  # type: ignore[method-assign]
+    Encoder._embed_pixels = logged_embed_pixels  # type: ignore[method-assign]
 
     def on_commit(_connection: Any) -> None:
         trigger.reached("commit")

@@ -199,9 +199,10 @@ def test_ten_sigkills_in_every_phase_then_the_same_state_as_an_uninterrupted_bui
     grew = [after for before, after in zip([0, *committed_after], committed_after, strict=False) if after > before]
     assert len(grew) >= 4, committed_after
 
-    # Only embeddings lost with a killed batch were computed twice, at most one batch per kill.
+    # Only embeddings lost with a killed run were computed twice: at most the two batches in flight (one
+    # being committed, the next computed meanwhile) per kill.
     recomputed = sum(Counter(logged_calls(calls)).values()) - PHOTOS
-    assert 0 <= recomputed <= BATCH * len(embedded_per_run)
+    assert 0 <= recomputed <= 2 * BATCH * len(embedded_per_run)
     assert_same_as_reference(data, collection.reference, collection.photos)
 
 
