@@ -299,7 +299,7 @@ class Encoder:
         if compile:
             self._features = cast(Callable[[torch.Tensor], torch.Tensor], torch.compile(self._features))
         # A compiled forward is not run from several threads at once: compiling takes the CPU's place.
-        threads = 0 if compile else resolve_parallel_images(parallel_images, device)
+        threads = 0 if compile else resolve_parallel_images(parallel_images, device, model.grid_size**2)
         self.parallel_images = threads if threads >= 2 else 0
         self._threads = ImageThreads(self.parallel_images) if self.parallel_images else None
 

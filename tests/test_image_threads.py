@@ -51,10 +51,11 @@ def test_one_intra_op_thread_is_scoped_to_the_block() -> None:
 
 
 def test_parallel_images_setting() -> None:
-    assert resolve_parallel_images(-1, CPU) == torch.get_num_threads()
-    assert resolve_parallel_images(0, CPU) == 0
-    assert resolve_parallel_images(3, CPU) == 3
-    assert resolve_parallel_images(-1, torch.device("cuda")) == 0
+    assert resolve_parallel_images(-1, CPU, tokens=1024) == torch.get_num_threads()
+    assert resolve_parallel_images(-1, CPU, tokens=16) == 0  # small photos: whole batches are faster
+    assert resolve_parallel_images(0, CPU, tokens=1024) == 0
+    assert resolve_parallel_images(3, CPU, tokens=16) == 3
+    assert resolve_parallel_images(-1, torch.device("cuda"), tokens=1024) == 0
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
