@@ -152,14 +152,14 @@ class BatchCommitter:
                 elif reused is False:
                     to_encode.append(read_one(result.item, self.image_size, self.limits, frozenset()))
         if to_encode:
-            outcomes.extend(self.finish_now(to_encode))
+            outcomes.extend(self._embed_reread(to_encode))
         if outcomes:
             self.catalog.commit_outcomes(outcomes)
             self.run_hashes.update(o.sha256 for o in outcomes if isinstance(o, IndexedFile))
         self.in_flight.difference_update(pending.embedded)
         return len(pending.results)
 
-    def finish_now(self, results: list[ReadResult]) -> list[FileOutcome]:
+    def _embed_reread(self, results: list[ReadResult]) -> list[FileOutcome]:
         """Outcomes of results re-read because their content's row vanished: failures, or fresh outputs."""
         outcomes: list[FileOutcome] = [self._failed(r) for r in results if r.error_reason is not None]
         decoded = {r.sha256: r for r in results if r.error_reason is None}
