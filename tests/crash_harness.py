@@ -27,7 +27,6 @@ Phases, each hooked where the work really happens rather than where the pipeline
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -36,9 +35,10 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from indexer.image_threads import one_intra_op_thread
 
 PHASES = ("scan", "decode", "inference", "commit", "index-write", "none")
 REPO = Path(__file__).resolve().parents[1]
@@ -265,19 +265,8 @@ def main(argv: list[str]) -> int:
     return run(calls_log, phase, int(at), rest[0] if rest else "kill", argv[split + 1 :])
 
 
+# Builds inside the test process use one intra-op thread, as the harness's children do (see harness_env).
+one_torch_thread = one_intra_op_thread
+
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
-
-
-@contextlib.contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """For builds inside the test process: one intra-op thread, as the harness's children use (see
-    harness_env), then the previous setting back."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
