@@ -24,8 +24,10 @@ import torch
 
 from indexer.config import ModelConfig
 from indexer.errors import ConfigError, WeightsError
+from indexer.heap import keep_freed_memory
 from indexer.image_threads import ImageThreads, resolve_parallel_images
 from indexer.preprocess import normalize
+from indexer.rotary_attention import use_complex_rotary_attention
 from indexer.weights import (
     WeightsIdentity,
     WeightsKind,
@@ -293,7 +295,14 @@ class Encoder:
         self.checked_cosine: float | None = None
         self.compiled = compile
         self.calls = 0
+        # Process-wide, once: a forward pass's large tensors are reused from the heap instead of being
+        # mapped and faulted in again for every operator (see indexer.heap).
+        keep_freed_memory()
         self.images = 0
+        if not compile:
+            # Same numbers with fewer operators (indexer.rotary_attention), switched in the caller's network
+            # in place (the fp32 check runs it too); torch.compile fuses the rotation itself from birder's code.
+            use_complex_rotary_attention(model.net)
         net = _quantize_linear_layers(model.net) if self.precision == "int8" else model.net
         self._features: Callable[[torch.Tensor], torch.Tensor] = net.forward_features  # type: ignore[assignment]
         if compile:
