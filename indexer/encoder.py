@@ -27,7 +27,6 @@ from indexer.errors import ConfigError, WeightsError
 from indexer.heap import keep_freed_memory
 from indexer.image_threads import ImageThreads, resolve_parallel_images
 from indexer.preprocess import normalize
-from indexer.rotary_attention import use_complex_rotary_attention
 from indexer.weights import (
     WeightsIdentity,
     WeightsKind,
@@ -300,6 +299,8 @@ class Encoder:
         keep_freed_memory()
         self.images = 0
         if not compile:
+            from indexer.rotary_attention import use_complex_rotary_attention  # imports birder's network code
+
             # Same numbers with fewer operators (indexer.rotary_attention), switched in the caller's network
             # in place (the fp32 check runs it too); torch.compile fuses the rotation itself from birder's code.
             use_complex_rotary_attention(model.net)

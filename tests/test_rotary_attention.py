@@ -52,7 +52,7 @@ def test_encoders_give_the_vectors_of_birders_attention(
 ) -> None:
     pixels = _photos(4)
     with monkeypatch.context() as patched:
-        patched.setattr("indexer.encoder.use_complex_rotary_attention", lambda net: 0)
+        patched.setattr("indexer.rotary_attention.use_complex_rotary_attention", lambda net: 0)
         reference = Encoder(copy.deepcopy(stock_model), CPU, precision)
     assert all(type(layer) is RoPEAttention for layer in _attention_layers(reference.model.net))
     switched = Encoder(copy.deepcopy(stock_model), CPU, precision)
