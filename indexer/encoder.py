@@ -275,6 +275,9 @@ class Encoder:
     photos run that many at a time, each on its own thread with one intra-op thread
     (:mod:`indexer.image_threads`), instead of one pass over the whole batch with every thread on each
     operator. The vectors are the same either way. :meth:`submit` then returns before the batch is done.
+
+    Unless compiled, the encoder switches the network's attention layers to
+    :class:`indexer.rotary_attention.ComplexRotaryAttention` in place (bit-identical, fewer operators).
     """
 
     def __init__(
@@ -294,10 +297,10 @@ class Encoder:
         self.checked_cosine: float | None = None
         self.compiled = compile
         self.calls = 0
-        # Process-wide, once: a forward pass's large tensors are reused from the heap instead of being
-        # mapped and faulted in again for every operator (see indexer.heap).
-        keep_freed_memory()
         self.images = 0
+        # Process-wide, once, before the image threads start: a forward pass's large tensors are reused
+        # from the heap instead of being mapped and faulted in again for every operator (indexer.heap).
+        keep_freed_memory()
         if not compile:
             from indexer.rotary_attention import use_complex_rotary_attention  # imports birder's network code
 
