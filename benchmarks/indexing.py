@@ -157,7 +157,7 @@ def _check(value: float, target: float) -> str:
     return f"{'meets' if value >= target else 'MISSES'} the target {target}"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("photos", type=Path, nargs="?", help="folder of photos (or --generate)")
     parser.add_argument("--generate", type=int, metavar="N", help="make N 12-megapixel JPEGs to index instead")
@@ -173,7 +173,7 @@ def main() -> int:
     parser.add_argument("--limit", type=int, help="use only the first N photos (sorted by name)")
     parser.add_argument("--rounds", type=int, default=1, help="repeat the measurements N times; medians")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if (args.photos is None) == (args.generate is None):
         parser.error("give a folder of photos or --generate N")
     logging.basicConfig(level=logging.WARNING)
@@ -242,6 +242,15 @@ def main() -> int:
         "end_to_end_over_forward_only": round(build / forward, 3),
         "end_to_end_over_naive": round(build / loop, 3),
         "end_to_end_over_min_forward_decode": round(build / limit, 3),
+        # Each round's own ratios: its measurements ran minutes apart at most, so drift between rounds
+        # on a shared machine cancels out of them.
+        "per_round": {
+            **{f"{name}_img_s": [round(value, 2) for value in values] for name, values in rounds.items()},
+            "end_to_end_over_forward_only": [
+                round(b / f, 3) for b, f in zip(rounds["build"], rounds["forward"], strict=True)
+            ],
+            "end_to_end_over_naive": [round(b / n, 3) for b, n in zip(rounds["build"], rounds["naive"], strict=True)],
+        },
     }
     shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
@@ -260,6 +269,14 @@ def main() -> int:
     print(f"{'(d) decode ceiling':<30} {ceiling:8.2f} img/s")
     print(f"end-to-end / forward-only = {build / forward:.3f}  ({_check(build / forward, TARGET_OVER_FORWARD)})")
     print(f"end-to-end / naive        = {build / loop:.3f}  ({_check(build / loop, TARGET_OVER_NAIVE)})")
+    if args.rounds > 1:
+        per_round = report["per_round"]
+        print(
+            "per round: end-to-end / forward-only "
+            + ", ".join(f"{ratio:.3f}" for ratio in per_round["end_to_end_over_forward_only"])
+            + "; end-to-end / naive "
+            + ", ".join(f"{ratio:.3f}" for ratio in per_round["end_to_end_over_naive"])
+        )
     over_limit = build / limit
     gpu_target = _check(over_limit, TARGET_OVER_CEILING_GPU) if device.type == "cuda" else "the GPU target"
     print(f"end-to-end / min(forward-only, decode ceiling) = {over_limit:.3f}  ({gpu_target})")
