@@ -7,8 +7,9 @@ each layer faults its pages in again, zero-filled by the kernel, and the threads
 the address-space lock to do it. On the 2-core development machine (int8, 512 px, 2026-11-27) that was
 19,500 page faults and 63 ms of kernel time per photo with image threads (43,600 faults and 117 ms in
 whole-batch passes); with the settings below it is almost none (0-256 faults, no kernel time). Peak
-memory stays the same or drops (one heap fragments less than one per thread: 1,360 against 1,460 MiB);
-the difference is that the heap keeps its high-water mark between photos.
+memory moves little (1,360 against 1,460 MiB in that 512 px run, one heap fragmenting less than one per
+thread; 1,633 against 1,610 MiB for benchmarks/memory.py's 1,000 photos at 64 px): the heap keeps its
+high-water mark between photos instead of shrinking and growing again.
 
 The settings: every thread allocates from the main heap (``M_ARENA_MAX`` 1; the model's threads make a
 few hundred allocations per photo, far too few to contend), tensors up to 32 MB come from the heap

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -71,16 +72,23 @@ def _layer_and_input(stock_model: LoadedModel) -> tuple[RoPEAttention, torch.Ten
     return layer, rope, x
 
 
-def test_a_rope_whose_channel_pairs_differ_runs_birders_rotation(stock_model: LoadedModel) -> None:
-    layer, rope, x = _layer_and_input(stock_model)
+def _uneven(rope: torch.Tensor) -> torch.Tensor:
     uneven = rope.clone()
-    uneven[:, 1::2] *= 1.5  # sin and cos no longer shared by the two channels of a pair
-    assert rotation_table(uneven, stock_model.num_special_tokens) is None
+    uneven[:, 1::2] *= 1.5  # the two channels of a pair no longer share an angle
+    return uneven
+
+
+@pytest.mark.parametrize("other_rope", [_uneven, lambda rope: rope.double()], ids=["uneven pairs", "float64"])
+def test_a_rope_the_fast_path_cannot_take_runs_birders_rotation(stock_model: LoadedModel, other_rope: Any) -> None:
+    layer, rope, x = _layer_and_input(stock_model)
+    changed = other_rope(rope)
+    assert rotation_table(changed, stock_model.num_special_tokens) is None
+    assert rotation_table(rope, stock_model.num_special_tokens) is not None
     with torch.inference_mode():
-        expected = layer(x, uneven)
+        expected = layer(x, changed)
         use_complex_rotary_attention(layer)
         assert type(layer) is ComplexRotaryAttention
-        assert torch.equal(layer(x, uneven), expected)
+        assert torch.equal(layer(x, changed), expected)
 
 
 def test_the_table_follows_the_rope_it_is_given(stock_model: LoadedModel) -> None:
