@@ -205,16 +205,18 @@ def main(argv: list[str] | None = None) -> int:
         },
     )
     # Rounds interleave the measurements, so a noisy neighbour slows all of them alike; medians are kept.
+    # Within a round the three the targets compare run back to back (forward-only, build, naive loop), so
+    # the VM's drift has the least time to come between them; the fp32 pass and the readers come last.
     rounds: dict[str, list[float]] = {"forward": [], "fp32": [], "build": [], "wall": [], "ceiling": [], "naive": []}
     for _ in range(args.rounds):
         forward_round, precision = forward_only(config, len(files))
         rounds["forward"].append(forward_round)
-        rounds["fp32"].append(forward_round if precision == "fp32" else forward_only(config, len(files), "fp32")[0])
         summary, build_wall_round = end_to_end(config, photos)
         rounds["build"].append(summary.images_per_s)
         rounds["wall"].append(build_wall_round)
-        rounds["ceiling"].append(decode_ceiling(config, files, summary.batch_size))
         rounds["naive"].append(naive(config, files))
+        rounds["fp32"].append(forward_round if precision == "fp32" else forward_only(config, len(files), "fp32")[0])
+        rounds["ceiling"].append(decode_ceiling(config, files, summary.batch_size))
     forward, forward_fp32, build, build_wall, ceiling, loop = (
         statistics.median(rounds[name]) for name in ("forward", "fp32", "build", "wall", "ceiling", "naive")
     )
