@@ -3,9 +3,11 @@ catalog database (``db_url``: SQLite in the data dir, then a throwaway PostgreSQ
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,24 @@ from tests.pg_server import REQUIRE_ENV, PostgresServer, ServerUnavailableError
 DATA = Path(__file__).parent / "data"
 PHOTOS = DATA / "photos"
 TEST_IMAGE_SIZE = 64
+
+
+def call_in_process(
+    main: Callable[[Sequence[str]], int], capsys: pytest.CaptureFixture[str], args: Sequence[str], cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    """A CLI's ``main(args)`` called as a function in ``cwd``, with a subprocess's result shape.
+
+    Each ``python -m ...`` start costs the suite 5-10 s of imports (torch, birder and what birder imports),
+    so tests cross the process boundary where it is under test and call ``main`` elsewhere.
+    """
+    capsys.readouterr()
+    with contextlib.chdir(cwd):
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:  # argparse's usage errors, which end a real process the same way
+            code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out, err)
 
 
 def small_config(data_dir: Path, db_url: str | None = None, **overrides: Any) -> LoupeConfig:

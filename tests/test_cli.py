@@ -1,8 +1,8 @@
-"""The indexer CLI end to end, in subprocesses, on real photos with random weights at a small size."""
+"""The indexer CLI end to end on real photos with random weights at a small size: in subprocesses where the
+process boundary is under test (exit codes, output streams, signals), as a function elsewhere."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from indexer.cli import main as indexer_main
-from tests.conftest import TEST_IMAGE_SIZE
+from tests.conftest import TEST_IMAGE_SIZE, call_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -42,11 +42,7 @@ def _in_process_indexer(capsys: pytest.CaptureFixture[str]) -> Callable[..., sub
     """``python -m indexer`` called as a function, with the same result shape as :func:`_indexer`."""
 
     def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-        capsys.readouterr()
-        with contextlib.chdir(cwd):
-            code = indexer_main(list(args))
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(list(args), code, out, err)
+        return call_in_process(indexer_main, capsys, args, cwd)
 
     return run
 
@@ -80,13 +76,12 @@ def test_build_status_rerun_verify_reindex(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     data = tmp_path / "data"
-    _indexer = _subprocess_indexer
-    if db_url is not None:
-        # The SQLite run covers the process boundary; here the catalog is under test, and eight interpreter
-        # starts would cost a minute of the suite's time.
-        monkeypatch.chdir(tmp_path)
-        _indexer = _in_process_indexer(capsys)
-    first = _json(_indexer("build", str(photo_dir), *_catalog(data, db_url), *SMALL, "--json", cwd=tmp_path))
+    monkeypatch.chdir(tmp_path)
+    _indexer = _in_process_indexer(capsys)
+    # The SQLite run crosses the process boundary for a build (JSON on stdout, exit 0) and a failing verify
+    # (exit 1); every other call is in process: nine interpreter starts would cost the suite half a minute.
+    crossing = _subprocess_indexer if db_url is None else _indexer
+    first = _json(crossing("build", str(photo_dir), *_catalog(data, db_url), *SMALL, "--json", cwd=tmp_path))
     assert (first["new"], first["embedded"], first["failed"]) == (12, 12, 0)
     assert first["weights"] == "random" and "RANDOM weights" in first["warning"]
 
@@ -110,7 +105,7 @@ def test_build_status_rerun_verify_reindex(
     assert _indexer("verify", *_catalog(data, db_url), cwd=tmp_path).returncode == 0
     for faiss_file in (data / "index").glob("*.faiss"):
         faiss_file.unlink()
-    broken = _indexer("verify", *_catalog(data, db_url), cwd=tmp_path)
+    broken = crossing("verify", *_catalog(data, db_url), cwd=tmp_path)
     assert broken.returncode == 1 and "cannot read" in broken.stdout
     assert _indexer("reindex", *_catalog(data, db_url), cwd=tmp_path).returncode == 0
     assert _indexer("verify", *_catalog(data, db_url), cwd=tmp_path).returncode == 0
