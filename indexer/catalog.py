@@ -31,6 +31,7 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    insert,
     inspect,
     select,
     update,
@@ -290,6 +291,37 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def _row_values(outcome: FileOutcome, revision: int, now: datetime) -> dict[str, Any]:
+    """The ``images`` columns an outcome sets (all but ``path`` and ``created_at``)."""
+    values: dict[str, Any] = {
+        "size_bytes": outcome.size_bytes,
+        "mtime_ns": outcome.mtime_ns,
+        "sha256": outcome.sha256,
+        "updated_at": now,
+    }
+    if isinstance(outcome, IndexedFile):
+        values.update(
+            status=STATUS_INDEXED,
+            width=outcome.width,
+            height=outcome.height,
+            error_reason=None,
+            error=None,
+            embedding=vector_to_bytes(outcome.embedding),
+            vector_revision=revision,
+        )
+    else:
+        values.update(
+            status=STATUS_FAILED,
+            width=None,
+            height=None,
+            error_reason=outcome.reason,
+            error=outcome.message,
+            embedding=None,
+            vector_revision=None,
+        )
+    return values
 
 
 def vector_to_bytes(vector: Embeddings) -> bytes:
@@ -652,47 +684,43 @@ class Catalog:
                 raise CatalogError("catalog has no provenance yet: call ensure_provenance first")
             state.revision += 1
             revision = state.revision
-            paths = [outcome.path for outcome in outcomes]
-            grids: list[tuple[ImageRecord, PatchGrid]] = []
-            failed_ids: list[int | None] = []
+            latest = {outcome.path: outcome for outcome in outcomes}  # a path given twice: its last outcome
             existing = {
-                row.path: row for row in session.scalars(select(ImageRecord).where(ImageRecord.path.in_(paths)))
+                row.path: row for row in session.scalars(select(ImageRecord).where(ImageRecord.path.in_(list(latest))))
             }
-            for outcome in outcomes:
-                row = existing.get(outcome.path)
+            grids: dict[str, PatchGrid] = {}
+            stale: list[int] = []  # known photos whose stored grid is replaced or dropped
+            fresh: list[dict[str, Any]] = []
+            for path, outcome in latest.items():
+                values = _row_values(outcome, revision, now)
+                if isinstance(outcome, IndexedFile) and outcome.patches is not None:
+                    grids[path] = outcome.patches
+                row = existing.get(path)
                 if row is None:
-                    row = ImageRecord(path=outcome.path, created_at=now)
-                    session.add(row)
-                    existing[outcome.path] = row
-                row.size_bytes = outcome.size_bytes
-                row.mtime_ns = outcome.mtime_ns
-                row.sha256 = outcome.sha256
-                row.updated_at = now
-                if isinstance(outcome, IndexedFile):
-                    row.status = STATUS_INDEXED
-                    row.width, row.height = outcome.width, outcome.height
-                    row.error_reason = row.error = None
-                    row.embedding = vector_to_bytes(outcome.embedding)
-                    row.vector_revision = revision
-                    if outcome.patches is not None:
-                        grids.append((row, outcome.patches))
-                else:
-                    row.status = STATUS_FAILED
-                    row.width = row.height = None
-                    row.error_reason, row.error = outcome.reason, outcome.message
-                    row.embedding = None
-                    row.vector_revision = None
-                    failed_ids.append(row.id)
-            session.flush()  # assigns ids to new rows
+                    fresh.append({"path": path, "created_at": now, **values})
+                    continue
+                for name, value in values.items():
+                    setattr(row, name, value)
+                stale.append(row.id)
+            ids = {path: row.id for path, row in existing.items()}
+            if fresh:
+                # New files (every file of a first build) go in as one multi-row INSERT ... RETURNING, without
+                # an ORM object per row: a third of the CPU of committing a batch on the build thread.
+                inserted = session.execute(insert(ImageRecord).returning(ImageRecord.path, ImageRecord.id), fresh)
+                ids.update((path, id_) for path, id_ in inserted)
+            session.flush()
             # Replace, not merge: one DELETE and one multi-row INSERT per batch instead of a SELECT per photo
             # (round trips count against a database server).
-            stale = [i for i in failed_ids if i] + [row.id for row, _ in grids]
             if stale:
                 session.execute(delete(PatchGridRecord).where(PatchGridRecord.image_id.in_(stale)))
-            session.add_all(
-                PatchGridRecord(image_id=row.id, grid=int(grid.shape[0]), data=grid_to_bytes(grid))
-                for row, grid in grids
-            )
+            if grids:
+                session.execute(
+                    insert(PatchGridRecord),
+                    [
+                        {"image_id": ids[path], "grid": int(grid.shape[0]), "data": grid_to_bytes(grid)}
+                        for path, grid in grids.items()
+                    ],
+                )
         return revision
 
     def touch(self, path: str, size_bytes: int, mtime_ns: int) -> None:

@@ -235,9 +235,11 @@ CPU_TOKENS_PER_BATCH = 2_048
 CUDA_TOKENS_PER_BATCH = 65_536
 # Largest automatic batch; also bounds what a kill can lose (two batches in flight).
 MAX_AUTO_BATCH = {"cpu": 64, "cuda": 512}
-# Photos of a run's first batch that are also run in fp32 to check a faster precision's faithfulness:
-# enough to catch a model whose activations quantise badly, without a whole fp32 batch per run.
-FAITHFULNESS_CHECK_IMAGES = 4
+# Photos of a run's first batch that are also run in fp32 to check a faster precision's faithfulness, at
+# least (with image threads: one per thread, so none waits while the others check): a model whose
+# activations quantise badly does so on every photo, and each fp32 photo costs 1.5-2x an int8 one (on the
+# 2-core development machine 4 of them were 3 % of a 178-photo build at 224 px).
+FAITHFULNESS_CHECK_IMAGES = 2
 # torch.compile costs a minute or more before the first batch; below this many photos it cannot pay off.
 COMPILE_PAYS_OFF_FROM = 2_000
 
@@ -349,7 +351,7 @@ class Encoder:
     def _check_against_fp32(
         self, images: Images, embeddings: torch.Tensor, patches: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        checked = min(len(images), FAITHFULNESS_CHECK_IMAGES)
+        checked = min(len(images), max(FAITHFULNESS_CHECK_IMAGES, self.parallel_images))
         reference, _ = self._forward(images[:checked], reference=True)
         self.checked_cosine = float((embeddings[:checked] * reference).sum(dim=1).min())
         if self.checked_cosine >= self.min_cosine:

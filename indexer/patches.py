@@ -21,7 +21,9 @@ def effective_grid(model_grid: int, wanted: int) -> int:
 
 def pool_patches(patches: torch.Tensor, grid: int) -> PatchGrids:
     """``[B, G, G, D]`` patch tokens -> ``[B, grid, grid, D]`` float16 unit vectors (average pooling)."""
-    channels_first = patches.permute(0, 3, 1, 2).float()
-    pooled = torch.nn.functional.adaptive_avg_pool2d(channels_first, (grid, grid)).permute(0, 2, 3, 1)
-    normalised = torch.nn.functional.normalize(pooled, dim=-1)
-    return normalised.cpu().numpy().astype(np.float16)
+    cells = patches.float()
+    if cells.shape[1] != grid or cells.shape[2] != grid:
+        pooled = torch.nn.functional.adaptive_avg_pool2d(cells.permute(0, 3, 1, 2), (grid, grid))
+        cells = pooled.permute(0, 2, 3, 1)
+    # torch's float16 conversion, not numpy's: the same values, 4-10x faster on the build's one thread.
+    return torch.nn.functional.normalize(cells, dim=-1).to(torch.float16).cpu().numpy()

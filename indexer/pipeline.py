@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -38,7 +38,7 @@ from indexer.encoder import (
 from indexer.image_threads import one_intra_op_thread
 from indexer.lock import exclusive_writer
 from indexer.patches import effective_grid
-from indexer.reader import PhotoDataset, WorkItem, finish_on_device, make_loader, resolve_workers
+from indexer.reader import PhotoDataset, ReadBatch, WorkItem, finish_on_device, make_loader, resolve_workers
 from indexer.scan import ScannedFile, resolve_roots, scan
 from indexer.vector_index import SyncReport, sync_index
 from indexer.vector_source import PatchVectors
@@ -199,39 +199,49 @@ def _build_locked(
         summary.batch_size = resolve_batch_size(config.runtime.batch_size, model, device)
         local = config.runtime.engine != "ray"
         summary.compiled = local and bool(todo) and should_compile(config.runtime.compile, device, len(todo))
-        # Preparing the network (int8 quantisation) counts as model loading, not as processing.
-        encoder = Encoder(
-            model,
-            device,
-            config.runtime.precision,
-            config.runtime.min_cosine,
-            compile=summary.compiled,
-            parallel_images=config.runtime.parallel_images,
-        )
-        processing_started = time.perf_counter()
         limits = DecodeLimits(max_pixels=config.decode.max_pixels, max_file_bytes=config.decode.max_file_bytes)
+        known_hashes = frozenset(catalog.indexed_hashes()) if todo else frozenset()
+        device_jpegs = device.type == "cuda" and config.runtime.gpu_jpeg == "auto"
+        batches: Iterator[ReadBatch] = iter(())
+        if todo and local:
+            dataset = PhotoDataset(
+                todo, model.image_size, limits, known_hashes, GPU_JPEG_MIN_PIXELS if device_jpegs else None
+            )
+            workers = resolve_workers(config.runtime.workers, device)
+            # Not stacked here: the committer hands the photos to image threads one by one, or stacks them
+            # straight into pinned memory for a GPU.
+            loader = make_loader(dataset, summary.batch_size, workers, stack_pixels=False)
+            # Started before the network is prepared, so the workers decode the first batches while the
+            # encoder quantises the network and starts its image threads (0.2 s of a 13 s build of 178
+            # photos at 224 px on the development machine was the model waiting for its first batch).
+            batches = iter(loader)
+        try:
+            # Preparing the network (int8 quantisation) counts as model loading, not as processing.
+            encoder = Encoder(
+                model,
+                device,
+                config.runtime.precision,
+                config.runtime.min_cosine,
+                compile=summary.compiled,
+                parallel_images=config.runtime.parallel_images,
+            )
+        except BaseException:
+            batches = iter(())  # the last reference to the loader's iterator: its workers stop
+            raise
+        processing_started = time.perf_counter()
         committer = BatchCommitter(catalog, encoder, states, summary, patch_grid, limits)
         if todo:
-            known_hashes = frozenset(catalog.indexed_hashes())
             with tqdm(total=len(todo), desc="indexing", unit="img", disable=not show_progress, smoothing=0.1) as bar:
                 if not local:
                     from indexer.ray_engine import embed_with_ray
 
                     embed_with_ray(config, todo, known_hashes, model, patch_grid, committer, bar.update)
                 else:
-                    device_jpegs = device.type == "cuda" and config.runtime.gpu_jpeg == "auto"
-                    dataset = PhotoDataset(
-                        todo, model.image_size, limits, known_hashes, GPU_JPEG_MIN_PIXELS if device_jpegs else None
-                    )
-                    workers = resolve_workers(config.runtime.workers, device)
-                    # Not stacked here: the committer hands the photos to image threads one by one, or stacks
-                    # them straight into pinned memory for a GPU.
-                    loader = make_loader(dataset, summary.batch_size, workers, stack_pixels=False)
                     # The model computes one batch while the previous one is committed: a kill loses at
                     # most these two batches, and the next run embeds them again.
                     in_flight: deque[PendingBatch] = deque()
                     with one_intra_op_thread() if encoder.parallel_images else contextlib.nullcontext():
-                        for batch in loader:
+                        for batch in batches:
                             if device_jpegs:
                                 batch = finish_on_device(batch, model.image_size, limits, device, stack_pixels=False)
                             in_flight.append(committer.submit(batch.results))
