@@ -160,28 +160,11 @@ def load_model(config: ModelConfig, device: torch.device) -> LoadedModel:
 Precision = Literal["fp32", "bf16", "int8"]
 
 
-class _PerImageLinear(torch.nn.Module):
-    """A dynamically quantised linear layer applied to one image's tokens at a time.
-
-    Dynamic quantisation scales activations per input tensor. Applied to a whole batch, a photo's vector
-    would depend on the other photos in its batch: a resumed build would not reproduce an uninterrupted
-    one, and a query would not reproduce its indexed twin. One image at a time keeps every vector a
-    function of its own pixels; each call still multiplies hundreds of token rows, so the GEMMs stay
-    efficient.
-    """
-
-    def __init__(self, inner: torch.nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() < 3 or x.shape[0] == 1:
-            return cast(torch.Tensor, self.inner(x))
-        return torch.stack([self.inner(tokens) for tokens in x.unbind(0)])
-
-
 def _quantize_linear_layers(net: torch.nn.Module) -> torch.nn.Module:
-    """An int8 copy of ``net`` (dynamic quantisation of its linear layers, per image); ``net`` stays fp32.
+    """An int8 copy of ``net`` (dynamic quantisation of its linear layers); ``net`` stays fp32.
+
+    Dynamic quantisation scales activations per input tensor, so an int8 vector would depend on the other
+    photos of a multi-image pass; the encoder runs one photo per pass on the CPU, so it never does.
 
     torch marks this API deprecated in favour of torchao, but torchao 0.18's int8 dynamic quantisation
     has no fast CPU kernels: it measured 0.48 images/s against this one's 16.4 (fp32: 10.1) at 224 px on
@@ -194,11 +177,6 @@ def _quantize_linear_layers(net: torch.nn.Module) -> torch.nn.Module:
         quantized: torch.nn.Module = torch.ao.quantization.quantize_dynamic(
             copy.deepcopy(net), {torch.nn.Linear}, dtype=torch.qint8
         )
-    dynamic_linear = torch.ao.nn.quantized.dynamic.Linear
-    for parent in list(quantized.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, dynamic_linear):
-                setattr(parent, name, _PerImageLinear(child))
     return quantized
 
 
@@ -213,7 +191,7 @@ def resolve_precision(precision: str, device: torch.device) -> Precision:
 
     - CUDA: bfloat16.
     - A CPU with AMX or AVX512-BF16: bfloat16.
-    - Other CPUs: int8, dynamic quantisation of the linear layers one image at a time. On the 2-core
+    - Other CPUs: int8, dynamic quantisation of the linear layers (one photo per pass). On the 2-core
       development machine (AVX2) it measured 1.15x-1.3x faster than fp32 forward-only (224 and 512 px),
       with embeddings at cosine >= 0.9999; bfloat16 is emulated there and 6x slower than fp32.
 
@@ -273,10 +251,12 @@ class Encoder:
     ``compile`` wraps the forward pass in ``torch.compile`` (worth it on a GPU for long runs: the first
     batch pays the compilation).
 
-    ``parallel_images`` (``runtime.parallel_images``; CPU only; -1 = one per core torch uses): a batch's
-    photos run that many at a time, each on its own thread with one intra-op thread
-    (:mod:`indexer.image_threads`), instead of one pass over the whole batch with every thread on each
-    operator. The vectors are the same either way. :meth:`submit` then returns before the batch is done.
+    On the CPU every photo gets a forward pass of its own on an image thread with one intra-op thread
+    (:mod:`indexer.image_threads`), ``parallel_images`` photos at a time (``runtime.parallel_images``;
+    -1 = one per core torch uses). A photo's vector is then a function of its own pixels by construction:
+    the same bytes whatever its batch-mates, the batch size, the core count, a resume or the engine.
+    :meth:`submit` returns before the batch is done. On a GPU the batch goes through in one pass, for
+    throughput; a vector there can differ in its last bits with its batch-mates.
 
     Unless compiled, the encoder switches the network's attention layers to
     :class:`indexer.rotary_attention.ComplexRotaryAttention` in place (bit-identical, fewer operators).
@@ -313,9 +293,9 @@ class Encoder:
         self._features: Callable[[torch.Tensor], torch.Tensor] = net.forward_features  # type: ignore[assignment]
         if compile:
             self._features = cast(Callable[[torch.Tensor], torch.Tensor], torch.compile(self._features))
-        # A compiled forward is not run from several threads at once: compiling takes the CPU's place.
-        threads = 0 if compile else resolve_parallel_images(parallel_images, device, model.grid_size**2)
-        self.parallel_images = threads if threads >= 2 else 0
+        threads = resolve_parallel_images(parallel_images, device)
+        # A compiled forward is not run from several threads at once: on the CPU it gets one image thread.
+        self.parallel_images = min(threads, 1) if compile else threads
         self._threads = ImageThreads(self.parallel_images) if self.parallel_images else None
 
     def _embed_pixels(self, pixels: torch.Tensor, reference: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -340,9 +320,9 @@ class Encoder:
             return self._embed_pixels(pixels[None], reference)
 
     def _forward(self, images: Images, *, reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unit-norm embeddings and patch tokens of uint8 ``images``: one photo per image thread when the
-        encoder has them, else one forward pass over the batch."""
-        if self._threads is not None and len(images) > 1:
+        """Unit-norm embeddings and patch tokens of uint8 ``images``: one photo per pass on the image
+        threads (CPU), else one forward pass over the batch (GPU)."""
+        if self._threads is not None:
             parts = self._threads.map(lambda one: self._embed_one(one, reference), images)
             return torch.cat([part[0] for part in parts]), torch.cat([part[1] for part in parts])
         pixels = images if isinstance(images, torch.Tensor) else torch.stack(list(images))
@@ -397,12 +377,12 @@ class Encoder:
     def submit(self, pixels: Images) -> PendingEncoding:
         """Start embedding ``pixels`` and return at once; :meth:`PendingEncoding.result` waits for them.
 
-        With image threads the photos queue behind those submitted before, so a caller can commit one
-        batch while the next is computed. Without them (GPU, ``parallel_images: 0``), and for the first
-        batch of a precision that must still be checked against fp32, the work is done before returning.
+        On the CPU the photos queue behind those submitted before on the image threads, so a caller can
+        commit one batch while the next is computed. On a GPU, and for the first batch of a precision
+        that must still be checked against fp32, the work is done before returning.
         """
         images = self._validated(pixels)
-        if self._threads is None or len(images) < 2 or (self.precision != "fp32" and self.checked_cosine is None):
+        if self._threads is None or (self.precision != "fp32" and self.checked_cosine is None):
             return PendingEncoding(self, [], self.encode(images))
         self.calls += 1
         self.images += len(images)

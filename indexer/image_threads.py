@@ -1,12 +1,18 @@
 """Run a CPU model on several photos at once, one photo per thread, each thread on one core.
 
-torch's default on the CPU splits every operator of one forward pass across all cores. For this ViT
-on a small machine that loses time: every operator ends in a barrier, the per-image int8 layers stack
-their outputs, and when a decode worker takes a core for a moment every model thread waits for the one
-that was descheduled. Giving each photo its own thread with a single intra-op thread removes all three:
-on the 2-core development machine the int8 model ran 1.26x (512 px) and 1.05x (224 px) faster
-forward-only, and the vectors are bit-identical to a whole-batch pass (each photo is computed alone
-either way; tested).
+On the CPU this is the only way the encoder runs the network: every photo gets a forward pass of its
+own (batch dimension 1) on a thread with a single intra-op thread. That makes a photo's vector a
+function of its own pixels by construction: no batch-mate, batch size, core count or engine changes the
+shapes or the thread split any kernel sees. Whole-batch passes did not guarantee it: on CPUs with
+AVX512-BF16/AMX, oneDNN's kernels picked by the batch's row count gave a resumed build other bytes than
+an uninterrupted one (30 of 30 photos differed at 128 px between batch 1 and batch 16), and reductions
+split across threads round differently with the thread count.
+
+It is also fast. torch's default on the CPU splits every operator of one forward pass across all
+cores; for this ViT on a small machine that loses time: every operator ends in a barrier, and when a
+decode worker takes a core for a moment every model thread waits for the one that was descheduled. On
+the 2-core development machine one photo per thread ran 1.26x (512 px) and 1.05x (224 px) faster
+forward-only than whole batches (and 0.69x at 64 px, where per-operator overhead dominates).
 
 torch keeps its intra-op thread count per OS thread (OpenMP's and MKL's settings are thread-local), and
 a thread takes the process-wide setting at its first parallel operator. The pool pins each of its
@@ -31,22 +37,18 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
-# Below this many tokens per photo, automatic mode keeps whole batches: a small photo's forward pass is
-# mostly per-operator overhead, which image threads pay once per photo instead of once per batch. On the
-# development machine (int8, batch 8) image threads ran at 0.69x at 64 px (16 tokens), 1.0x at 128 px
-# (64), 1.05x at 224 px (196) and 1.26x at 512 px (1,024).
-MIN_TOKENS_FOR_IMAGE_THREADS = 144
+def resolve_parallel_images(setting: int, device: torch.device) -> int:
+    """``runtime.parallel_images``: photos the CPU model runs at once, each on its own image thread.
 
-
-def resolve_parallel_images(setting: int, device: torch.device, tokens: int = MIN_TOKENS_FOR_IMAGE_THREADS) -> int:
-    """``runtime.parallel_images``: -1 = one photo per intra-op thread torch would use on the CPU (its
-    default is the physical core count) for photos of at least :data:`MIN_TOKENS_FOR_IMAGE_THREADS`
-    ``tokens``; 0, a GPU or smaller photos in automatic mode = whole batches with all threads."""
-    if device.type != "cpu" or setting == 0:
+    -1 = one per intra-op thread torch would use (its default is the physical core count); 0 is read as
+    1 (it used to mean whole-batch passes, which made vectors depend on batch-mates); a GPU or MPS
+    device runs whole batches and gets 0.
+    """
+    if device.type != "cpu":
         return 0
     if setting < 0:
-        return torch.get_num_threads() if tokens >= MIN_TOKENS_FOR_IMAGE_THREADS else 0
-    return setting
+        return max(1, torch.get_num_threads())
+    return max(1, setting)
 
 
 @contextmanager

@@ -41,6 +41,7 @@ from indexer.patches import effective_grid
 from indexer.reader import PhotoDataset, ReadBatch, WorkItem, finish_on_device, make_loader, resolve_workers
 from indexer.scan import ScannedFile, resolve_roots, scan
 from indexer.vector_index import SyncReport, sync_index
+from indexer.vector_makers import current_maker, describe_device, record_maker
 from indexer.vector_source import PatchVectors
 from indexer.weights import weights_kind
 
@@ -249,6 +250,10 @@ def _build_locked(
                                 bar.update(committer.finish(in_flight.popleft()))
                         while in_flight:
                             bar.update(committer.finish(in_flight.popleft()))
+
+        # Which torch, birder, precision and device made the vectors committed by this run (status shows it).
+        maker_device = describe_device(device) if local else "ray actors"
+        record_maker(catalog, current_maker(encoder.precision, maker_device), summary.embedded)
 
         seen = {str(file.path) for file in scanned}
         gone = [path for path in states if path not in seen and _under(path, resolved_roots)]

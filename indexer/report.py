@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,7 @@ from indexer.catalog import STATUS_INDEXED, Catalog, redact_url
 from indexer.config import LoupeConfig
 from indexer.errors import CatalogError, IndexFileError
 from indexer.vector_index import IndexMeta, check_index, index_dir, read_meta
+from indexer.vector_makers import makers_of
 from indexer.vector_source import patch_vectors_of
 
 logger = logging.getLogger(__name__)
@@ -31,6 +33,7 @@ def collection_status(config: LoupeConfig, *, with_failures: bool = False) -> di
         revision = catalog.revision()
         failures = catalog.failures_by_reason()
         failed_files = catalog.failures() if with_failures else []
+        makers = makers_of(catalog)
     finally:
         catalog.close()
     try:
@@ -54,6 +57,7 @@ def collection_status(config: LoupeConfig, *, with_failures: bool = False) -> di
         "random_weights": provenance.weights_kind == "random",
         "image_size": provenance.image_size,
         "dim": provenance.dim,
+        "vector_makers": [dataclasses.asdict(maker) for maker in makers],
         "index_type": meta.spec.factory_string if meta is not None else None,
         "nlist": meta.nlist if meta is not None else 0,
         "nprobe": meta.nprobe if meta is not None else 0,

@@ -89,6 +89,14 @@ def build_summary_lines(summary: BuildSummary) -> list[str]:
     return lines
 
 
+def maker_line(maker: dict[str, Any]) -> str:
+    """One software/precision/device combination that made vectors, with its photo count."""
+    return (
+        f"torch {maker['torch_version']}, birder {maker['birder_version']}, {maker['precision']} on "
+        f"{maker['device']}: {maker['images']} photos"
+    )
+
+
 def status_lines(status: dict[str, Any]) -> list[str]:
     """``indexer status`` for people."""
     lines = [
@@ -101,6 +109,10 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         + (f", {storage_line(status)}" if status.get("index_on_disk") else ""),
         f"model        {status['model']} at {status['image_size']} px, {status['dim']}-d",
         f"weights      {status['weights']} (sha256 {status['weights_sha256'][:16]}...)",
+        *(
+            f"{'made by' if i == 0 else '':<12} {maker_line(maker)}"
+            for i, maker in enumerate(status.get("vector_makers", []))
+        ),
         f"index state  {'current' if status['index_current'] else 'BEHIND the catalog: run python -m indexer reindex'}"
         f" (catalog revision {status['catalog_revision']})",
     ]

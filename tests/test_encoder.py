@@ -123,20 +123,6 @@ def test_unfaithful_int8_falls_back_to_fp32(random_model: LoadedModel) -> None:
     np.testing.assert_array_equal(strict.encode(pixels).embeddings, reference)
 
 
-def test_int8_vector_depends_only_on_its_own_photo(random_model: LoadedModel) -> None:
-    """Activation scales are per image, so batch-mates never change a photo's vector (resumed builds and
-    queries reproduce the indexed vectors exactly)."""
-    pixels = _pixels(TEST_IMAGE_SIZE, count=4)
-    encoder = Encoder(random_model, torch.device("cpu"), "int8")
-    encoder.encode(pixels)  # the first batch's fp32 check
-    assert encoder.precision == "int8"
-    with_b = encoder.encode(pixels[[0, 1]]).embeddings
-    with_c_d = encoder.encode(pixels[[0, 2, 3]]).embeddings
-    alone = encoder.encode(pixels[[0]]).embeddings
-    np.testing.assert_array_equal(with_b[0], alone[0])
-    np.testing.assert_array_equal(with_c_d[0], alone[0])
-
-
 def test_automatic_batch_size_follows_the_token_budget(random_model: LoadedModel) -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     at = {size: replace(random_model, image_size=size) for size in (64, 224, 512)}

@@ -1,4 +1,5 @@
-"""Image threads: photos of a batch on their own threads, one intra-op thread each, same vectors."""
+"""Image threads: photos of a batch on their own threads, one intra-op thread each, same vectors (the
+batch-independence this gives is tested in test_reproducible_vectors.py)."""
 
 from __future__ import annotations
 
@@ -51,21 +52,21 @@ def test_one_intra_op_thread_is_scoped_to_the_block() -> None:
 
 
 def test_parallel_images_setting() -> None:
-    assert resolve_parallel_images(-1, CPU, tokens=1024) == torch.get_num_threads()
-    assert resolve_parallel_images(-1, CPU, tokens=16) == 0  # small photos: whole batches are faster
-    assert resolve_parallel_images(0, CPU, tokens=1024) == 0
-    assert resolve_parallel_images(3, CPU, tokens=16) == 3
-    assert resolve_parallel_images(-1, torch.device("cuda"), tokens=1024) == 0
+    assert resolve_parallel_images(-1, CPU) == torch.get_num_threads()
+    assert resolve_parallel_images(0, CPU) == 1  # whole-batch passes are gone: one photo at a time
+    assert resolve_parallel_images(3, CPU) == 3
+    assert resolve_parallel_images(-1, torch.device("cuda")) == 0
+    assert resolve_parallel_images(2, torch.device("mps")) == 0
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_image_threads_give_bit_identical_vectors(random_model: LoadedModel, precision: str) -> None:
+def test_one_or_two_image_threads_give_bit_identical_vectors(random_model: LoadedModel, precision: str) -> None:
     pixels = _pixels(6)
-    whole = Encoder(random_model, CPU, precision, parallel_images=0)
+    single = Encoder(random_model, CPU, precision, parallel_images=1)
     threaded = Encoder(random_model, CPU, precision, parallel_images=2)
-    assert (whole.parallel_images, threaded.parallel_images) == (0, 2)
-    expected, got = whole.encode(pixels), threaded.encode(pixels)
-    assert threaded.precision == whole.precision == precision
+    assert (single.parallel_images, threaded.parallel_images) == (1, 2)
+    expected, got = single.encode(pixels), threaded.encode(pixels)
+    assert threaded.precision == single.precision == precision
     np.testing.assert_array_equal(got.embeddings, expected.embeddings)
     torch.testing.assert_close(got.patches, expected.patches, atol=0, rtol=0)
     # A sequence of single images is the same input as a stacked batch.

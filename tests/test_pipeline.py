@@ -143,16 +143,16 @@ def test_identical_new_files_go_through_the_model_once(photo_dir: Path, tmp_path
     assert summary.embedded == N_PHOTOS
 
 
-def test_image_threads_build_the_catalog_of_whole_batches(photo_dir: Path, tmp_path: Path) -> None:
-    """Photos on image threads, with the next batch computed while the previous one is committed, give
-    the rows and the bit-identical vectors of one forward pass per batch; content seen in the batch still
-    in flight is reused, not embedded twice."""
+def test_two_image_threads_build_the_catalog_of_one(photo_dir: Path, tmp_path: Path) -> None:
+    """Two photos at once, with the next batch computed while the previous one is committed, give the
+    rows and the bit-identical vectors of one photo at a time; content seen in the batch still in flight
+    is reused, not embedded twice."""
     source = sorted(photo_dir.glob("*.jpg"))[0]
     for name in ("dup-a.jpg", "dup-b.jpg", "dup-c.jpg", "dup-d.jpg"):  # sorted first: batches 1 and 2
         shutil.copy(source, photo_dir / name)
-    whole = _build(photo_dir, tmp_path / "whole", **{"runtime.batch_size": 3, "runtime.parallel_images": 0})
+    whole = _build(photo_dir, tmp_path / "whole", **{"runtime.batch_size": 3, "runtime.parallel_images": 1})
     threaded = _build(photo_dir, tmp_path / "threads", **{"runtime.batch_size": 3, "runtime.parallel_images": 2})
-    assert (whole.parallel_images, threaded.parallel_images) == (0, 2)
+    assert (whole.parallel_images, threaded.parallel_images) == (1, 2)
     for summary in (whole, threaded):
         assert (summary.new + summary.copied, summary.embedded, summary.failed) == (N_PHOTOS + 4, N_PHOTOS, 0)
     assert (threaded.new, threaded.copied, threaded.model_batches) == (whole.new, whole.copied, whole.model_batches)
