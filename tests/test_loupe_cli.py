@@ -191,3 +191,18 @@ def test_the_wheel_ships_the_command_the_app_its_pages_and_the_migrations(tmp_pa
     assert not any(name.startswith("tests/") for name in names)
     assert re.search(r"^loupe = loupe\.cli:main$", entry_points, flags=re.MULTILINE)
     assert re.search(r"^loupe-indexer = indexer\.cli:main$", entry_points, flags=re.MULTILINE)
+
+
+def test_ci_runs_the_development_commands_of_the_readme_and_the_quick_start_installs_no_test_tools() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Development and tests\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [line for line in block.splitlines() if line and not line.startswith("#")]
+    ci = [
+        line for line in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines() if line.startswith(tuple("p."))
+    ]
+    assert ci == commands
+    assert "pip install -e '.[dev]'" in commands[0]
+    quick_start = readme.split("\n## Quick start\n", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    assert ".venv/bin/pip install .\n" in quick_start and "dev" not in quick_start
+    assert ".venv/bin/loupe build" in quick_start and ".venv/bin/loupe ui" in quick_start
