@@ -100,7 +100,11 @@ def run_streamlit(command: list[str], env: Mapping[str, str]) -> int:
     sys.stderr.flush()
     if os.name == "posix":
         os.execve(command[0], command, env)
-    return subprocess.call(command, env=dict(env))
+    with subprocess.Popen(command, env=dict(env)) as server:
+        try:
+            return server.wait()
+        except KeyboardInterrupt:  # Ctrl-C reached the server too: let it stop, and report how it ended
+            return server.wait()
 
 
 def main_ui(args: argparse.Namespace) -> int:
