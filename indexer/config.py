@@ -174,6 +174,22 @@ class SearchConfig:
     rescore_candidates: int = _checked(100, _at_least(0))
 
 
+def _port(value: Any) -> str | None:
+    return None if 1 <= value <= 65535 else "must be a TCP port between 1 and 65535"
+
+
+@dataclass(frozen=True)
+class UIConfig:
+    """How ``loupe ui`` serves the browser UI.
+
+    ``allow_remote`` False: the app refuses to show any photo when it is served on an address other
+    computers can reach (anything but loopback), because it has no login of its own.
+    """
+
+    allow_remote: bool = False
+    port: int = _checked(8501, _port)
+
+
 @dataclass(frozen=True)
 class LoupeConfig:
     """The whole configuration. ``db_url`` None means SQLite at ``<data_dir>/catalog.sqlite``."""
@@ -186,6 +202,7 @@ class LoupeConfig:
     index: IndexConfig = IndexConfig()
     search: SearchConfig = SearchConfig()
     patches: PatchConfig = PatchConfig()
+    ui: UIConfig = UIConfig()
 
     @property
     def resolved_db_url(self) -> str:

@@ -97,3 +97,23 @@ def new_postgres_database(request: pytest.FixtureRequest) -> str:
 def db_url(request: pytest.FixtureRequest) -> str | None:
     """The catalog of a test: None for SQLite in the data dir, else a fresh PostgreSQL database's URL."""
     return None if request.param == "sqlite" else new_postgres_database(request)
+
+
+def serve_ui_at(monkeypatch: pytest.MonkeyPatch, address: str | None) -> None:
+    """Make the app under ``AppTest`` see ``address`` as Streamlit's ``server.address``."""
+    import streamlit as st
+
+    real_get_option = st.get_option
+
+    def get_option(key: str) -> Any:
+        return address if key == "server.address" else real_get_option(key)
+
+    monkeypatch.setattr(st, "get_option", get_option)
+
+
+@pytest.fixture(autouse=True)
+def ui_served_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``AppTest`` starts no server, so ``server.address`` would be whatever the working folder's
+    ``.streamlit/config.toml`` says, and with none Streamlit's default (every interface), which the app
+    refuses. Loopback, wherever pytest is started; the tests of that refusal set their own."""
+    serve_ui_at(monkeypatch, "127.0.0.1")

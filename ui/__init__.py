@@ -1,1 +1,1 @@
-"""Loupe's Streamlit UI (``streamlit run ui/app.py``)."""
+"""Loupe's Streamlit UI (``loupe ui``, or ``streamlit run ui/app.py`` from the project folder)."""

@@ -1,6 +1,8 @@
-"""Loupe in the browser: ``streamlit run ui/app.py [-- --data-dir DIR]``.
+"""Loupe in the browser: ``loupe ui [--data-dir DIR]``, or ``streamlit run ui/app.py [-- --data-dir DIR]``.
 
-This file only lays out the collection header and the pages; the work happens in the search engine.
+This file only lays out the collection header and the pages; the work happens in the search engine. It
+first checks where it is served: on an address other computers can reach it shows no photo, unless the
+config allows remote serving (``ui/serving.py``), however the server was started.
 """
 
 from __future__ import annotations
@@ -8,11 +10,19 @@ from __future__ import annotations
 import streamlit as st
 
 from indexer.report import RANDOM_WEIGHTS_WARNING
+from ui.serving import EXPOSING_HELP, remote_serving_refusal
 from ui.state import engine_or_none, resolve_config, status
 
 st.set_page_config(page_title="Loupe", page_icon=":material/image_search:", layout="wide")
 
 config = resolve_config()
+refusal = remote_serving_refusal(st.get_option("server.address"), config.ui.allow_remote)
+if refusal is not None:
+    st.title("Loupe")
+    st.error(refusal, icon=":material/lock:")
+    st.markdown(EXPOSING_HELP)
+    st.stop()
+
 engine, problem = engine_or_none(config)
 if engine is not None:
     facts = status(config)

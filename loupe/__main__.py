@@ -1,0 +1,5 @@
+"""``python -m loupe``, the same as the ``loupe`` command."""
+
+from loupe.cli import main
+
+raise SystemExit(main())
