@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=0, help="0 = the build's automatic batch size")
     parser.add_argument("--workers", type=int, default=-1, help="decode workers (-1 = the build's automatic count)")
     parser.add_argument(
-        "--parallel-images", type=int, default=-1, help="CPU photos at once, one thread each (-1 = auto, 0 = off)"
+        "--parallel-images", type=int, default=-1, help="CPU photos at once, one thread each (-1 = auto: one per core)"
     )
     parser.add_argument("--weights", default="random", help="random (default; same cost as pretrained) or pretrained")
     parser.add_argument("--limit", type=int, help="use only the first N photos (sorted by name)")
