@@ -74,12 +74,19 @@ class EncodedBatch:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU."""
+    """``auto`` picks CUDA when present, else Apple's Metal (MPS) when present, else the CPU. A device asked
+    for by name that torch cannot see is a :class:`ConfigError`."""
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = mps is not None and bool(mps.is_available())
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if has_mps else "cpu")
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"runtime.device: {device!r} asked for, but torch sees no CUDA GPU on this machine")
+    if resolved.type == "mps" and not has_mps:
+        raise ConfigError(f"runtime.device: {device!r} asked for, but torch sees no Apple MPS device on this machine")
     return resolved
 
 
