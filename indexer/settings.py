@@ -106,10 +106,10 @@ def _from_environment(environ: Mapping[str, str], name: str) -> str | None:
 
 def _find_config_file(requested: Path | None, environ: Mapping[str, str], cwd: Path) -> tuple[Path | None, Source]:
     if requested is not None:
-        return requested.expanduser(), Source.FLAG
+        return cwd / requested.expanduser(), Source.FLAG
     named = _from_environment(environ, ENV_CONFIG)
     if named is not None:
-        return Path(named).expanduser(), Source.ENVIRONMENT
+        return cwd / Path(named).expanduser(), Source.ENVIRONMENT
     local = working_dir_config_file(cwd)
     if local is not None:
         return local, Source.WORKING_DIR
@@ -150,7 +150,8 @@ def resolve_settings(
 ) -> ResolvedSettings:
     """The config for a command: ``requested`` (its location flags), then ``environ`` (default:
     ``os.environ``), then the config file, then the defaults; ``overrides`` are the command's other flags,
-    as dotted keys (None values ignored). Raises :class:`ConfigError` for a bad or missing named file."""
+    as dotted keys (None values ignored). Relative names in flags and variables are taken from ``cwd``
+    (default: the working directory). Raises :class:`ConfigError` for a bad or missing named file."""
     requested = requested or Requested()
     environ = os.environ if environ is None else environ
     cwd = Path.cwd() if cwd is None else cwd
@@ -160,7 +161,7 @@ def resolve_settings(
     data_dir_source = models_dir_source = db_url_source = Source.DEFAULT
     if config_file is not None:
         data = read_config_mapping(config_file)
-        base = config_file.parent if config_file.parent.is_absolute() else cwd / config_file.parent
+        base = config_file.parent
         if data.get("data_dir") is not None:
             data["data_dir"], data_dir_source = _file_data_dir(data["data_dir"], base, cwd)
         model = data.get("model")
@@ -182,9 +183,9 @@ def resolve_settings(
     locations: dict[str, Any] = {}
     env_data_dir = _from_environment(environ, ENV_DATA_DIR)
     if requested.data_dir is not None:
-        locations["data_dir"], data_dir_source = requested.data_dir, Source.FLAG
+        locations["data_dir"], data_dir_source = cwd / requested.data_dir.expanduser(), Source.FLAG
     elif env_data_dir is not None:
-        locations["data_dir"], data_dir_source = Path(env_data_dir), Source.ENVIRONMENT
+        locations["data_dir"], data_dir_source = cwd / Path(env_data_dir).expanduser(), Source.ENVIRONMENT
     elif data_dir_source is Source.DEFAULT:
         legacy = legacy_data_dir(cwd)
         if legacy is not None:
@@ -207,7 +208,7 @@ def resolve_settings(
 
     config = with_overrides(config, {**locations, **(overrides or {})})
     origins = Origins(
-        config_file=None if config_file is None else config_file.absolute(),
+        config_file=config_file,
         config_file_source=config_source,
         data_dir_source=data_dir_source,
         models_dir_source=models_dir_source,
