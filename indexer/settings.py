@@ -83,11 +83,15 @@ class Origins:
         lines: list[str] = []
         if self.data_dir_source is Source.LEGACY:
             lines.append(
-                f"note: using the data dir {config.data_dir.resolve()} (found where earlier versions of Loupe "
-                f"put it); the default is now {user_data_dir()}: --data-dir or {ENV_DATA_DIR} chooses one"
+                f"note: using the data dir {config.data_dir.resolve()}, found where earlier versions of Loupe "
+                f"looked (the default is now {user_data_dir()}); name one with --data-dir, {ENV_DATA_DIR} "
+                "or data_dir in the config file to silence this note"
             )
         if self.models_dir_source is Source.LEGACY:
-            lines.append(f"note: using the weights in {config.model.models_dir.resolve()} (found there)")
+            lines.append(
+                f"note: using the weights in {config.model.models_dir.resolve()}, found where earlier versions "
+                f"of Loupe looked (the default is now {user_models_dir()})"
+            )
         return lines
 
 

@@ -56,7 +56,9 @@ def test_bad_values_name_their_key(data: dict[str, object], key: str) -> None:
 
 
 def test_exclude_patterns_and_mps_are_accepted_and_round_trip(tmp_path: Path) -> None:
-    config = config_from_mapping({"scan": {"exclude": ["*/thumbnails/*", "/photos/raw/"]}, "runtime": {"device": "mps"}})
+    config = config_from_mapping(
+        {"scan": {"exclude": ["*/thumbnails/*", "/photos/raw/"]}, "runtime": {"device": "mps"}}
+    )
     assert config.scan.exclude == ("*/thumbnails/*", "/photos/raw/")
     assert config.runtime.device == "mps"
     path = tmp_path / "resolved.yaml"

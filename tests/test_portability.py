@@ -60,9 +60,11 @@ def test_without_fcntl_the_lock_is_a_locked_byte_past_the_holders_line(
     with exclusive_writer(tmp_path, "first build"):
         assert windows_locking.held  # taken
         # A second writer (another handle on the same file) is refused at once, told who holds it.
-        with pytest.raises(BuildLockedError, match=r"is being written by first build pid \d+"):
-            with exclusive_writer(tmp_path, "second build"):
-                pass
+        with (
+            pytest.raises(BuildLockedError, match=r"is being written by first build pid \d+"),
+            exclusive_writer(tmp_path, "second build"),
+        ):
+            pass
     assert not windows_locking.held  # released
     assert windows_locking.calls == [
         (FakeMsvcrt.LK_NBLCK, MSVCRT_LOCK_OFFSET),

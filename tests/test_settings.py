@@ -135,6 +135,10 @@ def test_weights_in_an_existing_models_folder_keep_being_found(tmp_path: Path) -
     settings = resolve_settings(environ={}, cwd=tmp_path)
     assert settings.config.model.models_dir == tmp_path / "models"
     assert settings.origins.models_dir_source is Source.LEGACY
+    assert settings.origins.notices(settings.config) == [
+        f"note: using the weights in {tmp_path / 'models'}, found where earlier versions of Loupe looked "
+        f"(the default is now {user_models_dir()})"
+    ]
     named = _write_config(tmp_path / "c.yaml", "model:\n  models_dir: /opt/weights\n")
     from_file = resolve_settings(Requested(config_file=named), environ={}, cwd=tmp_path)
     assert from_file.config.model.models_dir == Path("/opt/weights")
