@@ -284,7 +284,8 @@ def _from_mapping(cls: type[T], data: Mapping[str, Any], prefix: str) -> T:
         if check is not None and value is not None:
             problem = check(value)
             if problem is not None:
-                raise ConfigError(f"{prefix}{name}: {value!r} {problem}")
+                shown = list(value) if isinstance(value, tuple) else value  # as written in YAML
+                raise ConfigError(f"{prefix}{name}: {shown!r} {problem}")
         values[name] = value
     return cls(**values)
 
