@@ -47,6 +47,7 @@ from indexer.device_decode import GPU_JPEG_MIN_PIXELS  # noqa: E402
 from indexer.encoder import Encoder, load_model, resolve_batch_size, resolve_device  # noqa: E402
 from indexer.pipeline import BuildSummary, run_build  # noqa: E402
 from indexer.reader import PhotoDataset, WorkItem, finish_on_device, make_loader, resolve_workers  # noqa: E402
+from indexer.settings import resolve_settings  # noqa: E402
 
 # Issue 6's targets.
 TARGET_OVER_FORWARD = 0.85
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             (photos / path.name).symlink_to(path.resolve())
         files = sorted(photos.iterdir())
     config = with_overrides(
-        LoupeConfig(),
+        resolve_settings().config,  # the user's settings (config file, models dir), as every command
         {
             "data_dir": workdir / "data",
             "model.weights": args.weights,

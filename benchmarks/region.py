@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from indexer.config import LoupeConfig, with_overrides  # noqa: E402
 from indexer.pipeline import run_build  # noqa: E402
+from indexer.settings import resolve_settings  # noqa: E402
 from search.engine import SearchEngine  # noqa: E402
 from search.region import Box, search_region  # noqa: E402
 
@@ -163,7 +164,7 @@ def main() -> int:
     shutil.rmtree(data, ignore_errors=True)
     planted = make_collection(photos, collection, args.objects, args.targets, args.distractors, args.seed)
     config: LoupeConfig = with_overrides(
-        LoupeConfig(),
+        resolve_settings().config,  # the user's settings (config file, models dir), as every command
         {"data_dir": data, "model.weights": args.weights, "model.image_size": args.image_size, "runtime.device": "cpu"},
     )
     started = time.perf_counter()

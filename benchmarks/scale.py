@@ -73,7 +73,10 @@ def clustered(count: int, seed: int, centres: int, dim: int = DIM) -> Vectors:
 
 
 def drop_from_page_cache(path: Path) -> None:
-    """Ask the kernel to forget the file's clean cached pages (no root needed); the next reads hit disk."""
+    """Ask the kernel to forget the file's clean cached pages (no root needed); the next reads hit disk.
+    Where there is no ``posix_fadvise`` (macOS, Windows) the pages stay cached and reads are warm."""
+    if not hasattr(os, "posix_fadvise"):
+        return
     fd = os.open(path, os.O_RDONLY)
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)

@@ -17,8 +17,9 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from indexer.config import LoupeConfig, load_config, with_overrides
+from indexer.config import LoupeConfig, with_overrides
 from indexer.errors import LoupeError
+from indexer.settings import Requested, ResolvedSettings, resolve_settings
 
 logger = logging.getLogger(__name__)
 
@@ -58,15 +59,34 @@ def _image_size(text: str) -> int:
 def add_collection_arguments(parser: argparse.ArgumentParser) -> None:
     """--config, --data-dir, --db-url and -v, shared by every command."""
     group = parser.add_argument_group("collection")
-    group.add_argument("--config", type=Path, help="config file (default: ./config.yaml when present)")
-    group.add_argument("--data-dir", type=Path, help="folder of the catalog and index files (config: data_dir)")
-    group.add_argument("--db-url", help="SQLAlchemy URL of the catalog (default: SQLite in the data dir)")
+    group.add_argument(
+        "--config",
+        type=Path,
+        help="config file (env: LOUPE_CONFIG; default: ./config.yaml, else the per-user config.yaml, when present)",
+    )
+    group.add_argument(
+        "--data-dir",
+        type=Path,
+        help="folder of the catalog and index files (env: LOUPE_DATA_DIR; config: data_dir; "
+        "default: ./loupe-data when present, else the per-user data dir)",
+    )
+    group.add_argument(
+        "--db-url", help="SQLAlchemy URL of the catalog (env: LOUPE_DB_URL; default: SQLite in the data dir)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
 
 
+def resolve_command_settings(args: argparse.Namespace, overrides: dict[str, Any]) -> ResolvedSettings:
+    """The settings of a command (flags > environment > config file > defaults, see
+    :mod:`indexer.settings`), after a note on stderr for each folder found by an earlier version's rule."""
+    settings = resolve_settings(Requested(args.config, args.data_dir, args.db_url), overrides)
+    for line in settings.origins.notices(settings.config):
+        print(line, file=sys.stderr)
+    return settings
+
+
 def _resolve_config(args: argparse.Namespace, overrides: dict[str, Any]) -> LoupeConfig:
-    config = load_config(args.config)
-    return with_overrides(config, {"data_dir": args.data_dir, "db_url": args.db_url, **overrides})
+    return resolve_command_settings(args, overrides).config
 
 
 # build -------------------------------------------------------------------------------------------
@@ -78,7 +98,7 @@ def setup_build(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument("--weights", help="pretrained (default), random, or the path of a birder .pt file")
     model.add_argument("--image-size", type=_image_size, help="model input size in pixels (default 512)")
-    model.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    model.add_argument("--device", help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps")
     model.add_argument("--batch-size", type=positive_int, help="images per forward pass and per commit")
     model.add_argument("--workers", type=_non_negative_int, help="decode worker processes (0 = in-process)")
     model.add_argument(
@@ -87,6 +107,13 @@ def setup_build(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--ray-address", help="Ray cluster to join: auto or ray://HOST:10001 (default: a private one)")
     model.add_argument(
         "--no-patches", action="store_true", help="no patch vectors: smaller index, no region search (config: patches)"
+    )
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        metavar="GLOB",
+        help="skip files whose resolved path matches GLOB, e.g. '*/thumbnails/*' (repeatable; adds to "
+        "config scan.exclude); indexed files that match leave the catalog",
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument(
@@ -114,6 +141,8 @@ def main_build(args: argparse.Namespace) -> int:
             "patches.enabled": False if args.no_patches else None,
         },
     )
+    if args.exclude:
+        config = with_overrides(config, {"scan.exclude": [*config.scan.exclude, *args.exclude]})
     summary = run_build(config, args.paths, show_progress=not (args.no_progress or args.json))
     if args.json:
         print(json.dumps(summary_to_dict(summary), indent=2))
@@ -136,8 +165,8 @@ def main_status(args: argparse.Namespace) -> int:
     from indexer.report import collection_status
     from indexer.summary import status_lines
 
-    config = _resolve_config(args, {})
-    status = collection_status(config, with_failures=args.failures)
+    settings = resolve_command_settings(args, {})
+    status = collection_status(settings.config, with_failures=args.failures, origins=settings.origins)
     if args.json:
         print(json.dumps(status, indent=2))
     else:

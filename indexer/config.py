@@ -18,6 +18,7 @@ from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from indexer.errors import ConfigError
+from indexer.locations import user_data_dir, user_models_dir
 
 DEFAULT_CONFIG_FILE = Path("config.yaml")
 # Written into the data dir by every build, so readers know the exact settings the index was made with.
@@ -40,8 +41,8 @@ def _image_size(value: Any) -> str | None:
 
 
 def _device(value: Any) -> str | None:
-    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", value) is None:
-        return "must be 'auto', 'cpu', 'cuda' or 'cuda:N'"
+    if re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value) is None:
+        return "must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
     return None
 
 
@@ -85,6 +86,22 @@ def _checked(default: Any, check: Check) -> Any:
     return field(default=default, metadata={"check": check})
 
 
+# The metadata of a folder whose default is per user (a default_factory, computed when the config is
+# made): ``null`` in a config file means that default.
+PER_USER = {"null_is_default": True}
+
+
+def _glob_patterns(value: Any) -> str | None:
+    # Patterns are matched against whole absolute paths: one that starts otherwise could never match.
+    for pattern in value:
+        if re.match(r"[/*?\[~]|[A-Za-z]:", pattern) is None:
+            return (
+                f"has {pattern!r}, which can never match: patterns are matched against the whole resolved "
+                "path, so start them with '*', '/' or '~' (for example '*/thumbnails/*')"
+            )
+    return None
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Which network embeds the photos, and with which weights."""
@@ -92,7 +109,7 @@ class ModelConfig:
     network: str = "rope_i_vit_reg1_s16_pn_npn_avg_c1"
     tag: str = "pe-spatial"
     weights: str = _checked("pretrained", _weights)
-    models_dir: Path = Path("models")
+    models_dir: Path = field(default_factory=user_models_dir, metadata=PER_USER)
     image_size: int = _checked(512, _image_size)
     random_seed: int = 0
 
@@ -146,6 +163,14 @@ class IndexConfig:
 
 
 @dataclass(frozen=True)
+class ScanConfig:
+    """Which files under the roots a build looks at."""
+
+    # Glob patterns (fnmatch) matched against each file's resolved path written with "/"; see config.yaml.
+    exclude: tuple[str, ...] = _checked((), _glob_patterns)
+
+
+@dataclass(frozen=True)
 class PatchConfig:
     """Patch-level (region) retrieval: pooled patch grids in a compressed index of their own."""
 
@@ -192,13 +217,20 @@ class UIConfig:
 
 @dataclass(frozen=True)
 class LoupeConfig:
-    """The whole configuration. ``db_url`` None means SQLite at ``<data_dir>/catalog.sqlite``."""
+    """The whole configuration. ``db_url`` None means SQLite at ``<data_dir>/catalog.sqlite``.
 
-    data_dir: Path = Path("loupe-data")
+    ``data_dir`` and ``model.models_dir`` default to the user's own folders (:mod:`indexer.locations`);
+    :func:`indexer.settings.resolve_settings` is what the commands use to pick them, with the environment,
+    the config file and the folders of earlier versions.
+    """
+
+    data_dir: Path = field(default_factory=user_data_dir, metadata=PER_USER)
     db_url: str | None = None
-    model: ModelConfig = ModelConfig()
+    # A factory, not a shared instance: models_dir's per-user default is computed when the config is made.
+    model: ModelConfig = field(default_factory=ModelConfig)
     runtime: RuntimeConfig = RuntimeConfig()
     decode: DecodeConfig = DecodeConfig()
+    scan: ScanConfig = ScanConfig()
     index: IndexConfig = IndexConfig()
     search: SearchConfig = SearchConfig()
     patches: PatchConfig = PatchConfig()
@@ -243,6 +275,10 @@ def _coerce(annotation: Any, value: Any, key: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
+    if origin is tuple and get_args(annotation)[1:] == (Ellipsis,):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_coerce(get_args(annotation)[0], item, f"{key}[{i}]") for i, item in enumerate(value))
     if annotation is Path:
         if not isinstance(value, str | Path) or str(value) == "":
             raise ConfigError(f"{key}: expected a path, got {value!r}")
@@ -258,14 +294,15 @@ def _from_mapping(cls: type[T], data: Mapping[str, Any], prefix: str) -> T:
     hints = get_type_hints(cls)
     values: dict[str, Any] = {}
     for name, spec in known.items():
-        if name not in data:
+        if name not in data or (data[name] is None and spec.metadata.get("null_is_default")):
             continue
         value = _coerce(hints[name], data[name], f"{prefix}{name}")
         check: Check | None = spec.metadata.get("check")
         if check is not None and value is not None:
             problem = check(value)
             if problem is not None:
-                raise ConfigError(f"{prefix}{name}: {value!r} {problem}")
+                shown = list(value) if isinstance(value, tuple) else value  # as written in YAML
+                raise ConfigError(f"{prefix}{name}: {shown!r} {problem}")
         values[name] = value
     return cls(**values)
 
@@ -278,12 +315,23 @@ def config_from_mapping(data: Mapping[str, Any]) -> LoupeConfig:
 def load_config(path: Path | None = None) -> LoupeConfig:
     """Load ``path``, or ``config.yaml`` in the working directory, or the defaults when neither exists.
 
-    An explicitly named file that does not exist is an error.
+    An explicitly named file that does not exist is an error. Relative paths in the file are taken as they
+    are (from the working directory); :func:`indexer.settings.resolve_settings`, which the commands use,
+    also looks in the environment and the per-user config dir and resolves them against the file's folder.
     """
     if path is None:
         if not DEFAULT_CONFIG_FILE.exists():
             return LoupeConfig()
         path = DEFAULT_CONFIG_FILE
+    data = read_config_mapping(path)
+    try:
+        return config_from_mapping(data)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from error
+
+
+def read_config_mapping(path: Path) -> dict[str, Any]:
+    """The settings in the YAML file ``path`` as a plain mapping, not yet validated."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
@@ -293,13 +341,10 @@ def load_config(path: Path | None = None) -> LoupeConfig:
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {error}") from error
     if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
+        return {}
+    if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of settings")
-    try:
-        return config_from_mapping(data)
-    except ConfigError as error:
-        raise ConfigError(f"{path}: {error}") from error
+    return data
 
 
 def with_overrides(config: LoupeConfig, overrides: Mapping[str, Any]) -> LoupeConfig:
@@ -327,6 +372,8 @@ def config_to_mapping(config: LoupeConfig) -> dict[str, Any]:
     def plain(value: Any) -> Any:
         if isinstance(value, Path):
             return str(value)
+        if isinstance(value, tuple):  # YAML's safe dumper knows lists, not tuples
+            return [plain(item) for item in value]
         if isinstance(value, dict):
             return {key: plain(item) for key, item in value.items()}
         return value

@@ -2,7 +2,9 @@
 
 With SQLite the lock is ``flock(2)`` on ``<data dir>/build.lock``: the kernel drops it when its process
 ends, however it ends, so a build killed with SIGKILL leaves no stale lock behind (the file stays,
-unlocked, and says who held it last). With PostgreSQL the catalog may be shared by several machines, so
+unlocked, and says who held it last). Where there is no ``fcntl`` (Windows) it is ``msvcrt.locking`` on
+one byte of the same file, far past the holder's line so that line stays readable; Windows, too, drops
+a process's locks when it ends. With PostgreSQL the catalog may be shared by several machines, so
 the lock lives in the database: a session-level advisory lock held on a dedicated connection, which the
 server drops when that connection ends (process killed, machine gone: once the TCP session times out).
 Searches never take either: they read the last committed state.
@@ -10,11 +12,10 @@ Searches never take either: they read the last committed state.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +32,11 @@ LOCK_FILE = "build.lock"
 # The advisory lock's key: any fixed 64-bit number, unlikely to clash with another application's locks in
 # the same database (advisory locks are per database). These are the bytes "loupe-wr".
 ADVISORY_KEY = int.from_bytes(b"loupe-wr", "big") - (1 << 63)
+# msvcrt.locking locks a byte range, and a locked range cannot be read by others: lock a byte past the end
+# of the holder's line (Windows allows locking beyond the end of a file).
+MSVCRT_LOCK_OFFSET = 1 << 20
+
+LockCall = Callable[[int], None]
 
 
 class BuildLockedError(LoupeError):
@@ -51,12 +57,43 @@ def exclusive_writer(data_dir: Path, what: str, db_url: str | None = None) -> It
             yield
 
 
+def lock_calls() -> tuple[LockCall, LockCall]:
+    """This OS's non-blocking exclusive lock and its release, on a file descriptor: ``flock`` where
+    ``fcntl`` exists, else ``msvcrt.locking``. The lock raises :class:`BlockingIOError` when it is held."""
+    try:
+        import fcntl
+    except ImportError:
+        import msvcrt  # no fcntl: Windows
+
+        def lock_byte(fd: int) -> None:
+            os.lseek(fd, MSVCRT_LOCK_OFFSET, os.SEEK_SET)
+            try:
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+            except OSError as error:  # EACCES or EDEADLOCK: another process holds it
+                raise BlockingIOError(error.errno, error.strerror) from error
+
+        def unlock_byte(fd: int) -> None:
+            os.lseek(fd, MSVCRT_LOCK_OFFSET, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
+
+        return lock_byte, unlock_byte
+
+    def flock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def unflock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+    return flock, unflock
+
+
 @contextmanager
 def _file_lock(data_dir: Path, what: str) -> Iterator[None]:
     path = data_dir / LOCK_FILE
+    lock, unlock = lock_calls()
     with path.open("a+", encoding="utf-8") as handle:
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock(handle.fileno())
         except BlockingIOError as error:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
@@ -70,7 +107,7 @@ def _file_lock(data_dir: Path, what: str) -> Iterator[None]:
         try:
             yield
         finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            unlock(handle.fileno())
 
 
 @contextmanager

@@ -39,7 +39,7 @@ from indexer.image_threads import one_intra_op_thread
 from indexer.lock import exclusive_writer
 from indexer.patches import effective_grid
 from indexer.reader import PhotoDataset, ReadBatch, WorkItem, finish_on_device, make_loader, resolve_workers
-from indexer.scan import ScannedFile, resolve_roots, scan
+from indexer.scan import ExcludeGlobs, ScannedFile, resolve_roots, scan
 from indexer.vector_index import SyncReport, sync_index
 from indexer.vector_makers import current_maker, describe_device, record_maker
 from indexer.vector_source import PatchVectors
@@ -60,6 +60,8 @@ class BuildSummary:
     copied: int = 0
     touched: int = 0
     removed: int = 0
+    # Catalog rows dropped because an exclude pattern (--exclude, scan.exclude) now matches their file.
+    excluded: int = 0
     failed: int = 0
     # Scanned files that failed in an earlier build and were not read again (unchanged since).
     unchanged_failed: int = 0
@@ -173,6 +175,7 @@ def _build_locked(
         patch_grid = effective_grid(model.grid_size, config.patches.grid) if config.patches.enabled else 0
         catalog.ensure_provenance(provenance_of(model, patch_grid))
         _write_resolved_config(config)
+        globs = ExcludeGlobs(config.scan.exclude)
 
         scanned = list(
             tqdm(
@@ -181,6 +184,7 @@ def _build_locked(
                     supported_extensions(),
                     follow_symlinks=config.decode.follow_symlinks,
                     exclude=[config.data_dir],
+                    globs=globs,
                 ),
                 desc="scanning",
                 unit="file",
@@ -257,7 +261,12 @@ def _build_locked(
 
         seen = {str(file.path) for file in scanned}
         gone = [path for path in states if path not in seen and _under(path, resolved_roots)]
-        summary.removed = catalog.remove_paths(gone)
+        # Files now excluded leave the catalog like deleted ones (a search must not return what the curator
+        # left out), counted apart so the summary says why.
+        excluded = [path for path in gone if globs.excludes_indexed(Path(path), resolved_roots)]
+        summary.excluded = catalog.remove_paths(excluded)
+        excluded_set = set(excluded)
+        summary.removed = catalog.remove_paths([path for path in gone if path not in excluded_set])
         gone_set = set(gone)
         summary.moved = sum(1 for source in committer.reused_from if source in gone_set)
         summary.copied = len(committer.reused_from) - summary.moved

@@ -12,6 +12,7 @@ import numpy as np
 from indexer.catalog import STATUS_INDEXED, Catalog, redact_url
 from indexer.config import LoupeConfig
 from indexer.errors import CatalogError, IndexFileError
+from indexer.settings import Origins, origins_to_dict
 from indexer.vector_index import IndexMeta, check_index, index_dir, read_meta
 from indexer.vector_makers import makers_of
 from indexer.vector_source import patch_vectors_of
@@ -21,9 +22,12 @@ logger = logging.getLogger(__name__)
 RANDOM_WEIGHTS_WARNING = "built with RANDOM weights: similarity results are not semantic (tests and benchmarks only)"
 
 
-def collection_status(config: LoupeConfig, *, with_failures: bool = False) -> dict[str, Any]:
+def collection_status(
+    config: LoupeConfig, *, with_failures: bool = False, origins: Origins | None = None
+) -> dict[str, Any]:
     """The collection at a glance, as plain data (the ``status --json`` document); ``with_failures``
-    adds every failed file with its reason and message."""
+    adds every failed file with its reason and message; ``origins`` adds the models dir, the config file
+    and where each location came from (see :mod:`indexer.settings`)."""
     catalog = Catalog.open(config.resolved_db_url, create=False)
     try:
         provenance = catalog.provenance()
@@ -69,6 +73,8 @@ def collection_status(config: LoupeConfig, *, with_failures: bool = False) -> di
         "index_on_disk": meta is not None and meta.on_disk,
         "index_lists_bytes": _lists_bytes(config, meta),
     }
+    if origins is not None:
+        status.update(origins_to_dict(config, origins))
     status["patches"] = _patch_status(config, provenance.patch_grid, patch_meta)
     if with_failures:
         status["failures"] = [

@@ -22,6 +22,7 @@ def summary_to_dict(summary: BuildSummary) -> dict[str, Any]:
         "copied": summary.copied,
         "touched": summary.touched,
         "removed": summary.removed,
+        "excluded": summary.excluded,
         "failed": summary.failed,
         "unchanged_failed": summary.unchanged_failed,
         "failures_by_reason": summary.failures_by_reason,
@@ -61,7 +62,8 @@ def build_summary_lines(summary: BuildSummary) -> list[str]:
         f"scanned {summary.scanned} files in {summary.elapsed_s:.1f} s "
         f"({summary.processed} processed at {summary.images_per_s:.2f} images/s, {summary.embedded} through the model)",
         f"  new {summary.new}  changed {summary.changed}  moved {summary.moved}  copied {summary.copied}  "
-        f"touched {summary.touched}  removed {summary.removed}  unchanged {summary.unchanged}  failed {summary.failed}",
+        f"touched {summary.touched}  removed {summary.removed}  unchanged {summary.unchanged}  failed {summary.failed}"
+        + (f"  excluded {summary.excluded} (left the catalog)" if summary.excluded else ""),
     ]
     if summary.embedded:
         checked = summary.checked_cosine
@@ -97,11 +99,27 @@ def maker_line(maker: dict[str, Any]) -> str:
     )
 
 
+def _from(status: dict[str, Any], key: str) -> str:
+    """`` (from SOURCE)`` when the status says where a location came from."""
+    source = status.get(key)
+    if source is None or source == "default":
+        return ""
+    return f" (from {source})" if source in ("flag", "environment", "config file") else f" ({source})"
+
+
 def status_lines(status: dict[str, Any]) -> list[str]:
     """``indexer status`` for people."""
     lines = [
-        f"data dir     {status['data_dir']}",
-        f"catalog      {status['catalog']}",
+        f"data dir     {status['data_dir']}" + _from(status, "data_dir_source"),
+        f"catalog      {status['catalog']}" + _from(status, "catalog_source"),
+    ]
+    if "models_dir" in status:
+        lines.append(f"models dir   {status['models_dir']}" + _from(status, "models_dir_source"))
+    if "config_file_source" in status:
+        lines.append(
+            f"config file  {status['config_file'] or 'none (built-in defaults)'}" + _from(status, "config_file_source")
+        )
+    lines += [
         f"images       {status['images']} ({status['indexed']} indexed, {status['failed']} failed)",
         f"vectors      {status['vectors']} in {status['index_type'] or 'no index yet'}"
         + (f" (nlist {status['nlist']}, nprobe {status['nprobe']})" if status["nlist"] else "")

@@ -254,6 +254,10 @@ def _stdout_to_stderr() -> Iterator[None]:
 
 
 def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable. Windows cannot open a folder as a file (nor fsync one); its
+    NTFS journals the rename itself, so there is nothing to do there."""
+    if os.name == "nt":
+        return
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -55,10 +55,11 @@ class VectorMaker:
 def describe_device(device: torch.device) -> str:
     """The device with what decides its kernels: the CPU's vector ISA, or the GPU's name."""
     if device.type == "cpu":
-        from indexer.encoder import cpu_has_native_bf16
+        from indexer.encoder import cpu_bf16_units
 
         capability = str(torch.backends.cpu.get_cpu_capability())
-        return f"cpu ({capability}{', native bf16' if cpu_has_native_bf16() else ''})"
+        units = cpu_bf16_units()
+        return f"cpu ({capability}{f', {units}' if units else ''})"
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return device.type

@@ -55,6 +55,12 @@ def weights_kind(weights: str) -> WeightsKind:
     return "file"
 
 
+def pretrained_file_name(config: ModelConfig) -> str:
+    """The file name of the pretrained weights, as birder names it (``lib.get_pretrained_model_url``),
+    known without importing birder (and torch): settings look for it in ``./models`` on every command."""
+    return f"{config.network}_{config.tag}.pt"
+
+
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
@@ -97,7 +103,7 @@ def unavailable_message(spec: PretrainedFile, cause: str) -> str:
         f"  download failed: {cause}\n"
         f"Download the file on a machine with internet access, check its sha256, and put it at\n"
         f"  {spec.destination}\n"
-        f"(or set model.models_dir in config.yaml, or pass --weights /path/to/{spec.file_name}).\n"
+        f"(or set model.models_dir in the config file, or pass --weights /path/to/{spec.file_name}).\n"
         f"For tests and benchmarks, --weights random builds the same network with random weights."
     )
 

@@ -15,8 +15,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from indexer.cli import EXIT_OK, Command, add_collection_arguments, command_parser, positive_int, run_handler
-from indexer.config import LoupeConfig, load_config, with_overrides
+from indexer.cli import (
+    EXIT_OK,
+    Command,
+    add_collection_arguments,
+    command_parser,
+    positive_int,
+    resolve_command_settings,
+    run_handler,
+)
+from indexer.config import LoupeConfig
 from indexer.errors import LoupeError
 from indexer.report import RANDOM_WEIGHTS_WARNING
 
@@ -41,7 +49,7 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace) -> LoupeConfig:
-    return with_overrides(load_config(args.config), {"data_dir": args.data_dir, "db_url": args.db_url})
+    return resolve_command_settings(args, {}).config
 
 
 def _open(args: argparse.Namespace) -> Any:

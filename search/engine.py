@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -79,6 +80,12 @@ def match_label(score: float, same_content: bool, near_duplicate_threshold: floa
     if score >= near_duplicate_threshold:
         return "near-duplicate"
     return "similar"
+
+
+def folder_prefix(folder: str, sep: str = os.sep) -> str:
+    """What the catalog paths of photos below ``folder`` (resolved, as this OS writes it) start with:
+    the folder and one separator (``/photos/`` on POSIX, ``C:\\Photos\\`` on Windows, ``C:\\`` for a drive)."""
+    return folder.rstrip(sep) + sep
 
 
 def _model_config_for(config: LoupeConfig, provenance: Provenance) -> ModelConfig:
@@ -242,14 +249,14 @@ class SearchEngine:
         return embeddings
 
     def encode_image(self, image: Image.Image, sha256: str | None = None) -> QueryImage:
-        """Encode an RGB-convertible PIL image exactly as the indexer encodes photos (patch grid included
-        when the index has patches)."""
+        """Encode an RGB-convertible PIL image with the indexer's preprocessing and model (patch grid
+        included when the index has patches), as one fast query pass (:meth:`Encoder.encode_query`)."""
         from indexer.patches import pool_patches
         from indexer.preprocess import model_pixels
 
         size = self.provenance.image_size
         pixels = model_pixels(image.convert("RGB"), size).unsqueeze(0)
-        encoded = self._get_encoder().encode(pixels)
+        encoded = self._get_encoder().encode_query(pixels)
         grid = pool_patches(encoded.patches, self.patch_grid)[0].astype(np.float32) if self.patch_grid else None
         return QueryImage(encoded.embeddings[0], sha256, image.width, image.height, grid)
 
@@ -300,7 +307,7 @@ class SearchEngine:
         if norm == 0.0:
             raise QueryError("query vector is all zeros")
         query = query / norm
-        prefix = None if under is None else str(Path(under).expanduser().resolve()).rstrip("/") + "/"
+        prefix = None if under is None else folder_prefix(str(Path(under).expanduser().resolve()))
         excluded = set(int(i) for i in exclude_ids)
         index, meta = self.current()
         total = int(index.ntotal)

@@ -16,11 +16,36 @@ import torch
 
 from indexer.config import LoupeConfig, with_overrides
 from indexer.encoder import LoadedModel, load_model
+from indexer.settings import ENVIRONMENT_VARIABLES
 from tests.pg_server import REQUIRE_ENV, PostgresServer, ServerUnavailableError
 
 DATA = Path(__file__).parent / "data"
 PHOTOS = DATA / "photos"
 TEST_IMAGE_SIZE = 64
+
+
+@pytest.fixture(scope="session")
+def user_cache_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache home for the session: other tools cache there too (fontconfig for Chromium, say), and
+    rebuilding their caches for every test would cost seconds."""
+    return tmp_path_factory.mktemp("user-cache")
+
+
+@pytest.fixture(autouse=True)
+def hermetic_user_dirs(
+    tmp_path_factory: pytest.TempPathFactory, user_cache_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Every test gets its own per-user data and config folders (XDG_DATA_HOME and XDG_CONFIG_HOME, which
+    platformdirs reads on Linux, the OS the suite runs on; subprocesses inherit them), the session's cache
+    folder, and no LOUPE_CONFIG / LOUPE_DATA_DIR / LOUPE_DB_URL: the suite never reads the developer's
+    settings nor writes into their data dir. Returns the folder holding the data and config homes."""
+    home = tmp_path_factory.mktemp("user-dirs")
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(user_cache_home))
+    for variable in ENVIRONMENT_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    return home
 
 
 def call_in_process(

@@ -45,11 +45,26 @@ def test_unknown_key_is_named(tmp_path: Path) -> None:
         ({"model": "x"}, "model"),
         ({"decode": {"follow_symlinks": "yes"}}, "decode.follow_symlinks"),
         ({"index": {"lists_per_sqrt": 0}}, "index.lists_per_sqrt"),
+        ({"scan": {"exclude": "*.jpg"}}, "scan.exclude"),
+        ({"scan": {"exclude": [3]}}, r"scan.exclude\[0\]"),
+        ({"scan": {"exclude": ["thumbnails/*"]}}, "scan.exclude"),
     ],
 )
 def test_bad_values_name_their_key(data: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         config_from_mapping(data)
+
+
+def test_exclude_patterns_and_mps_are_accepted_and_round_trip(tmp_path: Path) -> None:
+    config = config_from_mapping(
+        {"scan": {"exclude": ["*/thumbnails/*", "/photos/raw/"]}, "runtime": {"device": "mps"}}
+    )
+    assert config.scan.exclude == ("*/thumbnails/*", "/photos/raw/")
+    assert config.runtime.device == "mps"
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_config(config))
+    assert load_config(path) == config
+    assert with_overrides(config, {"scan.exclude": ["*.tmp.jpg"]}).scan.exclude == ("*.tmp.jpg",)
 
 
 def test_overrides_replace_and_validate() -> None:

@@ -11,7 +11,7 @@ from indexer.config import ModelConfig
 from indexer.encoder import (
     Encoder,
     LoadedModel,
-    cpu_has_native_bf16,
+    cpu_bf16_units,
     load_model,
     resolve_batch_size,
     resolve_precision,
@@ -91,8 +91,11 @@ def test_real_size_grid_is_32_by_32() -> None:
 
 
 def test_auto_precision_is_the_fast_faithful_one_for_the_device() -> None:
-    assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if cpu_has_native_bf16() else "int8")
+    assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if cpu_bf16_units() == "amx" else "int8")
     assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert resolve_precision("auto", torch.device("mps")) == "fp32"
+    with pytest.raises(ConfigError, match="int8 runs on the CPU only; use bf16 or fp32 on MPS"):
+        resolve_precision("int8", torch.device("mps"))
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
 
 

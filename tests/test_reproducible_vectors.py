@@ -117,3 +117,27 @@ def test_builds_in_batches_of_1_and_16_store_the_same_bytes(photo_dir: Path, tmp
     assert len(stored[0]) == len(list(photo_dir.glob("*.jpg")))
     for other in stored[1:]:
         assert other == stored[0]
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_a_query_uses_every_thread_and_matches_the_stored_vector_to_a_cosine(
+    random_model: LoadedModel, precision: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Queries are not stored: one photo runs on the calling thread with all intra-op threads (twice as
+    fast on 2 cores), and its vector agrees with the stored one to a cosine near 1."""
+    pixels = _pixels(3)
+    stored = Encoder(random_model, CPU, precision, min_cosine=0.0).encode(pixels)
+    query = Encoder(random_model, CPU, precision, min_cosine=0.0)
+    threads: list[int] = []
+    embed_pixels = Encoder._embed_pixels
+
+    def recorded(self: Encoder, batch: torch.Tensor, reference: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        if not reference:
+            threads.append(torch.get_num_threads())
+        return embed_pixels(self, batch, reference)
+
+    monkeypatch.setattr(Encoder, "_embed_pixels", recorded)
+    for i in range(3):
+        got = query.encode_query(pixels[i : i + 1])
+        assert float(got.embeddings[0] @ stored.embeddings[i]) > 0.9999
+    assert threads == [torch.get_num_threads()] * 3

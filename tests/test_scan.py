@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
 
 import pytest
 
-from indexer.scan import ScanRootError, scan
+from indexer.scan import ExcludeGlobs, ScanRootError, scan
 
 EXTENSIONS = frozenset({".jpg", ".png"})
 
@@ -84,3 +85,60 @@ def test_excluded_folder_is_not_entered(tmp_path: Path) -> None:
 def test_missing_root_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ScanRootError, match="no such file or folder"):
         list(scan([tmp_path / "nope"], EXTENSIONS))
+
+
+def test_exclude_globs_leave_out_matching_files_and_folders(tmp_path: Path) -> None:
+    _touch(tmp_path / "a.jpg")
+    _touch(tmp_path / "a.tmp.jpg")
+    _touch(tmp_path / "thumbnails" / "t.jpg")
+    _touch(tmp_path / "2020" / "thumbnails" / "deep" / "t.jpg")
+    _touch(tmp_path / "raw" / "r.jpg")
+    _touch(tmp_path / "rawest" / "kept.jpg")
+    globs = ExcludeGlobs(("*/thumbnails/*", "*.tmp.jpg", f"{tmp_path.as_posix()}/raw/"))
+    found = [f.path.relative_to(tmp_path).as_posix() for f in scan([tmp_path], EXTENSIONS, globs=globs)]
+    assert found == ["a.jpg", "rawest/kept.jpg"]
+
+
+def test_an_excluded_folder_is_never_entered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _touch(tmp_path / "keep" / "a.jpg")
+    _touch(tmp_path / "skip" / "b.jpg")
+    entered: list[str] = []
+    real_scandir = os.scandir
+
+    def recording_scandir(path: Path) -> Any:
+        entered.append(Path(path).name)
+        return real_scandir(path)
+
+    monkeypatch.setattr("indexer.scan.os.scandir", recording_scandir)
+    found = [f.path.name for f in scan([tmp_path], EXTENSIONS, globs=ExcludeGlobs(("*/skip/",)))]
+    assert found == ["a.jpg"] and "skip" not in entered and "keep" in entered
+
+
+def test_a_root_file_can_be_excluded_too(tmp_path: Path) -> None:
+    photo = _touch(tmp_path / "a.tmp.jpg")
+    assert list(scan([photo], EXTENSIONS, globs=ExcludeGlobs(("*.tmp.jpg",)))) == []
+
+
+def test_exclude_globs_match_windows_paths_with_forward_slashes_ignoring_case() -> None:
+    # Simulated: Windows paths as PureWindowsPath; patterns are written with "/" on every OS.
+    globs = ExcludeGlobs(("*/Thumbnails/*", "c:/photos/raw/"), ignore_case=True)
+    assert globs.excludes_file(PureWindowsPath(r"C:\Photos\2020\thumbnails\a.jpg"))
+    assert globs.excludes_folder(PureWindowsPath(r"C:\PHOTOS\Raw"))
+    assert not globs.excludes_file(PureWindowsPath(r"C:\Photos\2020\a.jpg"))
+    assert not ExcludeGlobs(("*/Thumbnails/*",), ignore_case=False).excludes_file(
+        PurePosixPath("/photos/thumbnails/a.jpg")
+    )
+
+
+def test_excluded_catalog_paths_are_judged_from_their_root_down() -> None:
+    root = PurePosixPath("/data/raw/photos")
+    globs = ExcludeGlobs(("*/raw/", "*/private/"))
+    # The root's own parent is named raw, but the walk starts below it: its files are not excluded.
+    assert not globs.excludes_indexed(root / "a.jpg", [root])
+    assert globs.excludes_indexed(root / "private" / "b.jpg", [root])
+    assert globs.excludes_indexed(root / "x" / "raw" / "c.jpg", [root])
+
+
+def test_home_folder_in_a_pattern_is_expanded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert ExcludeGlobs(("~/private/*",)).patterns == (f"{tmp_path}/private/*",)

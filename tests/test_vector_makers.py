@@ -57,9 +57,9 @@ def test_a_maker_row_is_shared_and_counts_add_up(tmp_path: Path) -> None:
         maker = current_maker("bf16", "cuda (Some GPU)")
         for images in (5, 0, 7):
             record_maker(catalog, maker, images)
-        record_maker(catalog, current_maker("bf16", "cpu (AVX512, native bf16)"), 20)
+        record_maker(catalog, current_maker("bf16", "cpu (AVX512, amx)"), 20)
         assert [(m.device, m.images) for m in makers_of(catalog)] == [
-            ("cpu (AVX512, native bf16)", 20),
+            ("cpu (AVX512, amx)", 20),
             ("cuda (Some GPU)", 12),
         ]
     finally:

@@ -9,7 +9,7 @@ import torch
 from indexer.config import ModelConfig
 from indexer.encoder import load_model
 from indexer.errors import WeightsError, WeightsUnavailableError
-from indexer.weights import ensure_pretrained_file, pretrained_file, sha256_file
+from indexer.weights import ensure_pretrained_file, pretrained_file, pretrained_file_name, sha256_file
 
 PE_SPATIAL_SHA256 = "4e65e500f2a7d2b11fc28aaa0b1ad4921692780507de014ebc5659e757327fde"
 
@@ -20,6 +20,8 @@ def test_registry_facts_of_the_pretrained_file(tmp_path: Path) -> None:
     assert spec.sha256 == PE_SPATIAL_SHA256
     assert spec.destination == tmp_path.resolve() / spec.file_name
     assert spec.native_size == (512, 512)
+    # The name settings look for in ./models without importing birder is birder's own.
+    assert pretrained_file_name(ModelConfig()) == spec.file_name
 
 
 def test_missing_weights_fail_fast_with_what_where_and_hash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,8 +17,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from indexer.cli import add_collection_arguments
-from indexer.config import LoupeConfig, load_config, with_overrides
+from indexer.cli import add_collection_arguments, resolve_command_settings
+from indexer.config import LoupeConfig
 from ui.serving import check_serving_address
 
 logger = logging.getLogger(__name__)
@@ -88,9 +88,8 @@ def app_environment(
 
 
 def _ui_config(args: argparse.Namespace) -> LoupeConfig:
-    return with_overrides(
-        load_config(args.config), {"data_dir": args.data_dir, "db_url": args.db_url, "ui.port": args.port}
-    )
+    """The settings every command resolves (flags > ``LOUPE_*`` > config file > defaults), with ``--port``."""
+    return resolve_command_settings(args, {"ui.port": args.port}).config
 
 
 def run_streamlit(command: list[str], env: Mapping[str, str]) -> int:

@@ -1,40 +1,42 @@
 """What the UI loads once per process: the config, the search engine and the collection status.
 
 ``streamlit run ui/app.py -- --data-dir DIR [--db-url URL] [--config FILE]``; without flags they come from
-``config.yaml`` (or ``LOUPE_DATA_DIR`` / ``LOUPE_DB_URL`` / ``LOUPE_CONFIG`` in the environment; the
-environment keeps a database password out of the process list).
+``LOUPE_DATA_DIR`` / ``LOUPE_DB_URL`` / ``LOUPE_CONFIG`` in the environment (which keeps a database
+password out of the process list), then the config file, then the defaults, as for every command
+(:mod:`indexer.settings`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
-from indexer.config import LoupeConfig, load_config, with_overrides
+from indexer.config import LoupeConfig
 from indexer.errors import LoupeError
 from indexer.report import collection_status
+from indexer.settings import Requested, resolve_settings
 from search.engine import SearchEngine
 
 logger = logging.getLogger(__name__)
 
 
 def resolve_config() -> LoupeConfig:
-    """The collection to show: flags after ``--``, else the environment, else config.yaml."""
+    """The collection to show: flags after ``--``, else the environment, else the config file, else the
+    defaults (:func:`indexer.settings.resolve_settings`)."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--data-dir", type=Path)
     parser.add_argument("--config", type=Path)
     parser.add_argument("--db-url")
     args, _ = parser.parse_known_args(sys.argv[1:])
-    config_file = args.config or (Path(os.environ["LOUPE_CONFIG"]) if os.environ.get("LOUPE_CONFIG") else None)
-    data_dir = args.data_dir or (Path(os.environ["LOUPE_DATA_DIR"]) if os.environ.get("LOUPE_DATA_DIR") else None)
-    db_url = args.db_url or os.environ.get("LOUPE_DB_URL") or None
-    return with_overrides(load_config(config_file), {"data_dir": data_dir, "db_url": db_url})
+    settings = resolve_settings(Requested(args.config, args.data_dir, args.db_url))
+    for line in settings.origins.notices(settings.config):
+        logger.warning("%s", line)
+    return settings.config
 
 
 @st.cache_resource(show_spinner="Opening the collection and loading the model...")
