@@ -18,7 +18,7 @@ Phases, each hooked where the work really happens rather than where the pipeline
     scan          after the N-th file is stat'ed by the scan (indexer.scan._stat_file)
     decode        after the N-th image's pixels are decoded (PIL ImageFile.load)
     inference     after the N-th forward pass returned (indexer.encoder.Encoder._embed_pixels: one per
-                  batch, or one per photo where the encoder runs photos on image threads)
+                  photo on the CPU)
     commit        at the N-th database COMMIT, its rows flushed but not yet committed (SQLAlchemy event)
     index-write   after the N-th FAISS file is written to its temporary name, which is then cut to half
                   its length (a torn write) before the kill (faiss.write_index)

@@ -150,18 +150,19 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collection]
 
 def kill_plan(rng: random.Random) -> list[tuple[str, int]]:
     """Ten kills, every phase twice. Decode/inference/commit kills each commit at most ~32 photos, so
-    work remains for all of them; the index is written only at the end of a build, so those come last:
+    work remains for all of them (a CPU forward pass holds one photo: inference counts photos, as decode
+    does); the index is written only at the end of a build, so those come last:
     the first tears the global (1) or patch (2) file; the second run then writes at least one file."""
     work = [
         ("decode", rng.randint(1, 24)),
-        ("inference", rng.randint(1, 3)),
+        ("inference", rng.randint(1, 3 * BATCH)),
         ("commit", rng.randint(2, 4)),
     ]
     return [
         ("scan", rng.randint(1, PHOTOS)),
         *work,
         ("scan", rng.randint(1, PHOTOS)),
-        *[(phase, rng.randint(1, high)) for phase, high in (("decode", 24), ("inference", 3), ("commit", 4))],
+        *[(phase, rng.randint(1, high)) for phase, high in (("decode", 24), ("inference", 3 * BATCH), ("commit", 4))],
         ("index-write", rng.randint(1, 2)),
         ("index-write", 1),
     ]
