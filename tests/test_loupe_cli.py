@@ -161,7 +161,8 @@ def test_loupe_ui_refuses_a_reachable_address_unless_the_config_allows_it(
     assert allowed.returncode == 0, allowed.stderr
     assert [_options(command)["--server.address"] for command, _ in streamlit_calls] == ["0.0.0.0"]
 
-    assert run("ui", "--config", "no-such.yaml").stderr.startswith("error: cannot read config file no-such.yaml")
+    missing = run("ui", "--config", "no-such.yaml").stderr
+    assert missing.startswith("error: cannot read config file ") and "no-such.yaml: No such file" in missing
     (tmp_path / "typo.yaml").write_text("ui:\n  allow_remotely: true\n")
     assert "unknown setting ui.allow_remotely" in run("ui", "--config", "typo.yaml").stderr
     assert "a TCP port lies in 1-65535" in run("ui", "--port", "70000").stderr
