@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from indexer.encoder import Encoder, LoadedModel
-from indexer.image_threads import ImageThreads, one_intra_op_thread, resolve_parallel_images
+from indexer.image_threads import ImageThreads, idle_threads, one_intra_op_thread, resolve_parallel_images
 from indexer.preprocess import model_pixels
 from tests.conftest import PHOTOS, TEST_IMAGE_SIZE
 
@@ -49,6 +49,14 @@ def test_one_intra_op_thread_is_scoped_to_the_block() -> None:
     with one_intra_op_thread():
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_a_query_takes_the_threads_of_idle_cores_only() -> None:
+    assert idle_threads(8, cores=8, load=0.2) == 8
+    assert idle_threads(8, cores=8, load=3.4) == 5
+    assert idle_threads(2, cores=2, load=5.5) == 1  # busy machine: one thread, no stalls
+    assert idle_threads(4, cores=16, load=1.0) == 4  # never more than torch would use
+    assert idle_threads(0, cores=2, load=0.0) == 1
 
 
 def test_parallel_images_setting() -> None:
