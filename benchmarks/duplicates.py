@@ -11,8 +11,8 @@ them copies of a copy (chains), and 1% are exact copies (same vector, same conte
 
 Peak RSS is the process's high-water mark during the measured step (reset through /proc/self/clear_refs).
 
-    python benchmarks/duplicates.py 100000
-    python benchmarks/duplicates.py 100000 1000000 --arrays
+    python -m benchmarks.duplicates 100000
+    python -m benchmarks.duplicates 100000 1000000 --arrays
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def measure_catalog(count: int, threshold: float) -> dict[str, Any]:
         fill_s = time.perf_counter() - started
         del vectors
         engine = SearchEngine.open(config)
-        index, meta = engine.current()
+        _, meta = engine.current()
         _reset_peak()
         started = time.perf_counter()
         groups = find_duplicate_groups(engine, threshold)
