@@ -151,8 +151,9 @@ class IndexConfig:
     lists_per_sqrt: float = _checked(4.0, _at_least(0.1))
     min_points_per_list: int = _checked(39, _at_least(1))
     pq_bytes: int = _checked(48, _at_least(1))
-    nprobe: int = _checked(32, _at_least(1))
+    nprobe: int = _checked(1, _at_least(1))
     target_recall: float = _checked(0.95, _at_least(0.0))
+    recall_margin: float = _checked(0.02, _at_least(0.0))
     retrain_growth: float = _checked(2.0, _at_least(1.1))
     max_train_points: int = _checked(200_000, _at_least(1))
     use_gpu: bool = True

@@ -665,7 +665,7 @@ def sync_index(catalog: Catalog, data_dir: Path, config: IndexConfig, source: Ve
     if not report.wrote:
         return report
     if meta.recall_at_10 is None or abs(meta.ntotal - meta.recall_ntotal) >= 0.1 * max(meta.recall_ntotal, 1):
-        meta = tune_nprobe(index, meta, source, config.target_recall)
+        meta = tune_nprobe(index, meta, source, config.target_recall, config.recall_margin)
     write_index(index_dir(data_dir), index, meta, source.name)
     return report
 
@@ -676,7 +676,7 @@ def rebuild_index(
     """Throw the FAISS files away and rebuild them from the catalog (``indexer reindex``)."""
     source, catalog_id = _source(catalog, source)
     index, meta, report = _caught_up(source, catalog_id, catalog.revision(), None, config, index_dir(data_dir))
-    meta = tune_nprobe(index, meta, source, config.target_recall)
+    meta = tune_nprobe(index, meta, source, config.target_recall, config.recall_margin)
     write_index(index_dir(data_dir), index, meta, source.name)
     return report
 
@@ -722,45 +722,85 @@ def recall_at_k(
     return float(np.minimum((scores >= kth).sum(axis=1), k).sum() / exact_scores.size)
 
 
-def tune_nprobe(index: faiss.Index, meta: IndexMeta, source: VectorSource, target: float) -> IndexMeta:
-    """Measure recall@10 on a seeded sample of the collection against exact search and, for IVF, double
-    nprobe from the configured floor until the recall reaches ``target`` (or every list is visited, or,
-    for product-quantised codes, another doubling gains less than ``RECALL_PLATEAU``).
-    Exact indexes of full vectors have recall 1 by construction; compressed ones are measured too."""
-    ntotal = int(index.ntotal)
-    if ntotal <= RECALL_K or (meta.kind == "flat" and meta.codec == "Flat"):
-        return replace(meta, recall_at_10=1.0, recall_ntotal=ntotal)
+@dataclass(frozen=True)
+class RecallSample:
+    """Seeded queries drawn from the collection and their exact top-``RECALL_K`` (scores and ids)."""
+
+    queries: npt.NDArray[np.float32]
+    exact_scores: npt.NDArray[np.float32]
+    exact_ids: Ids
+
+
+def recall_sample(source: VectorSource) -> RecallSample:
+    """``RECALL_QUERIES`` seeded vectors of the collection and their exact top-k, which tuning measures on."""
     ids, _ = source.item_ids()
     rng = np.random.default_rng(TRAIN_SEED + 1)
     items = np.sort(rng.choice(ids, size=min(len(ids), RECALL_QUERIES), replace=False))
     candidates = np.concatenate([vectors for _, vectors in source.vectors_for(items)])
     queries = candidates[np.sort(rng.choice(len(candidates), size=min(RECALL_QUERIES, len(candidates)), replace=False))]
     exact_scores, exact_ids = exact_top_k(source, queries, RECALL_K)
+    return RecallSample(queries, exact_scores, exact_ids)
+
+
+def tune_nprobe(
+    index: faiss.Index, meta: IndexMeta, source: VectorSource, target: float, margin: float = 0.0
+) -> IndexMeta:
+    """Measure recall@10 on a seeded sample of the collection against exact search and, for IVF, find
+    the smallest nprobe at or above the configured floor whose recall reaches ``target + margin`` (the
+    margin covers the sample's error): double from the floor until it does (or every list is visited, or,
+    for product-quantised codes, another doubling gains less than ``RECALL_PLATEAU``), then bisect the
+    last doubling (recall never falls as more lists are visited).
+    Exact indexes of full vectors have recall 1 by construction; compressed ones are measured too."""
+    ntotal = int(index.ntotal)
+    if ntotal <= RECALL_K or (meta.kind == "flat" and meta.codec == "Flat"):
+        return replace(meta, recall_at_10=1.0, recall_ntotal=ntotal)
+    sample = recall_sample(source)
     compressed = meta.kind == "ivf_pq" or meta.codec != "Flat"
 
     def recall_now() -> float:
-        return recall_at_k(index, queries, exact_scores, exact_ids if compressed else None)
+        return recall_at_k(index, sample.queries, sample.exact_scores, sample.exact_ids if compressed else None)
 
     if meta.kind == "flat":
         recall = recall_now()
         return replace(meta, recall_at_10=round(recall, 4), recall_ntotal=ntotal)
     ivf = faiss.extract_index_ivf(index)
+    required = min(1.0, target + margin)
+    measured: dict[int, float] = {}
+
+    def recall_at(nprobe: int) -> float:
+        if nprobe not in measured:
+            ivf.nprobe = nprobe
+            measured[nprobe] = recall_now()
+        return measured[nprobe]
+
     nprobe = min(max(meta.nprobe_floor, 1), ivf.nlist)
-    previous, previous_recall = 0, -1.0
+    previous = 0
     while True:
-        ivf.nprobe = nprobe
-        recall = recall_now()
-        if meta.kind == "ivf_pq" and previous and recall < previous_recall + RECALL_PLATEAU:
+        recall = recall_at(nprobe)
+        if meta.kind == "ivf_pq" and previous and recall < measured[previous] + RECALL_PLATEAU:
             # Visiting more lists no longer helps: the product codes limit recall, and doubling on to
             # every list would make each query a scan of the whole collection.
-            nprobe, recall = previous, previous_recall
-            ivf.nprobe = nprobe
+            nprobe = previous
             break
-        if recall >= target or nprobe >= ivf.nlist:
+        if recall >= required:
+            failing = previous  # 0: the floor itself is enough
+            while nprobe - failing > 1 and failing:
+                middle = (failing + nprobe) // 2
+                failing, nprobe = (failing, middle) if recall_at(middle) >= required else (middle, nprobe)
             break
-        previous, previous_recall = nprobe, recall
-        nprobe = min(ivf.nlist, nprobe * 2)
-    logger.info("%s index: recall@10 %.3f at nprobe %d of %d lists", source.name, recall, nprobe, ivf.nlist)
+        if nprobe >= ivf.nlist:
+            break
+        previous, nprobe = nprobe, min(ivf.nlist, nprobe * 2)
+    ivf.nprobe = nprobe
+    recall = measured[nprobe]
+    logger.info(
+        "%s index: recall@10 %.3f at nprobe %d of %d lists (wanted %.3f)",
+        source.name,
+        recall,
+        nprobe,
+        ivf.nlist,
+        required,
+    )
     return replace(meta, nprobe=nprobe, recall_at_10=round(recall, 4), recall_ntotal=ntotal)
 
 

@@ -218,7 +218,10 @@ def main_duplicates(args: argparse.Namespace) -> int:
         write_duplicates_csv(groups, sys.stdout)
     else:
         photos = sum(len(g.members) for g in groups)
-        print(f"{len(groups)} groups of near-duplicates ({photos} photos) at similarity >= {threshold}")
+        print(
+            f"{len(groups)} groups of near-duplicates ({photos} photos): every photo scores >= {threshold} "
+            "against its group's original, or is an exact copy of it"
+        )
         for number, group in enumerate(groups, start=1):
             print(f"group {number} ({len(group.members)} photos)")
             for m in group.members:

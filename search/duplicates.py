@@ -1,23 +1,33 @@
-"""Near-duplicate groups: connected components of the "at least this similar" graph.
+"""Near-duplicate groups a curator can trust: every member scores at or above the threshold against
+its group's suggested original, and no photo joins a group through a chain of others.
 
 Each photo's ``duplicate_neighbours`` nearest neighbours come from the FAISS index, in chunks streamed
-from the catalog, so the cost grows with N x k, never N x N (100k photos take one pass of kNN searches,
-not a 10^10-cell matrix). Edges at or above the threshold, plus identical content hashes, are joined
-with a union-find; every component of two or more photos is a group.
+from the catalog, so the cost grows with N x k, never N x N; only the pairs at or above the threshold are
+kept (as arrays, filtered with numpy, never pair by pair). :func:`search.star_groups.star_groups` then
+takes the photos in suggested-original order: each one not yet grouped becomes its group's original and
+takes every photo not yet grouped that scores at or above the threshold against it. Photos with the same
+bytes (sha256) always share a group. Scores shown are recomputed from the stored vectors.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import faiss
 import numpy as np
+import numpy.typing as npt
 
 from indexer.catalog import PhotoRecord
 from search.engine import SearchEngine
+from search.star_groups import groups_of, star_groups
 
 logger = logging.getLogger(__name__)
+
+Ids = npt.NDArray[np.int64]
+EMBEDDING_CHUNK = 4_096
 
 
 @dataclass(frozen=True)
@@ -52,81 +62,119 @@ class DuplicateGroup:
         return {"size": len(self.members), "members": [member.to_dict() for member in self.members]}
 
 
-class _UnionFind:
-    def __init__(self) -> None:
-        self.parent: dict[int, int] = {}
-
-    def find(self, item: int) -> int:
-        root = self.parent.setdefault(item, item)
-        while root != self.parent[root]:
-            root = self.parent[root]
-        while item != root:  # path compression
-            self.parent[item], item = root, self.parent[item]
-        return root
-
-    def union(self, a: int, b: int) -> None:
-        root_a, root_b = self.find(a), self.find(b)
-        if root_a != root_b:
-            self.parent[max(root_a, root_b)] = min(root_a, root_b)
-
-    def components(self) -> list[list[int]]:
-        groups: dict[int, list[int]] = {}
-        for item in self.parent:
-            groups.setdefault(self.find(item), []).append(item)
-        return [members for members in groups.values() if len(members) > 1]
-
-
 def suggested_original_key(photo: PhotoRecord) -> tuple[int, int, str]:
     """Sort key that puts the best copy first: most pixels, then the oldest file, then the path."""
     return (-(photo.width * photo.height), photo.mtime_ns, photo.path)
 
 
+def similar_pairs(
+    index: faiss.Index, chunks: Iterator[tuple[Ids, npt.NDArray[np.float32]]], k: int, threshold: float
+) -> tuple[Ids, Ids]:
+    """The ``(first, second)`` id pairs scoring at least ``threshold`` among each vector's ``k`` nearest
+    neighbours in ``index``, from ``(ids, vectors)`` chunks. Memory grows with the pairs kept, not N x k."""
+    firsts: list[Ids] = []
+    seconds: list[Ids] = []
+    for ids, vectors in chunks:
+        scores, neighbours = index.search(vectors, k)
+        kept = (neighbours >= 0) & (scores >= threshold) & (neighbours != ids[:, None])
+        firsts.append(np.broadcast_to(ids[:, None], neighbours.shape)[kept])
+        seconds.append(neighbours[kept].astype(np.int64))
+    empty = np.empty(0, dtype=np.int64)
+    return (np.concatenate(firsts), np.concatenate(seconds)) if firsts else (empty, empty)
+
+
+def positions_of(ordered_ids: Ids, ids: Ids) -> Ids:
+    """The position of each of ``ids`` in ``ordered_ids`` (-1 where absent)."""
+    order = np.argsort(ordered_ids, kind="stable")
+    sorted_ids = ordered_ids[order]
+    found = np.clip(np.searchsorted(sorted_ids, ids), 0, max(len(sorted_ids) - 1, 0))
+    present = sorted_ids[found] == ids if len(sorted_ids) else np.zeros(len(ids), dtype=bool)
+    return np.where(present, order[found] if len(sorted_ids) else -1, -1).astype(np.int64)
+
+
 def find_duplicate_groups(engine: SearchEngine, threshold: float | None = None) -> list[DuplicateGroup]:
-    """Groups of photos at cosine similarity >= ``threshold`` (default: the near-duplicate threshold),
-    largest group first."""
+    """Groups of near-identical photos, largest first: every member scores at least ``threshold``
+    (default: the near-duplicate threshold) against its group's suggested original, which comes first,
+    or has the original's very bytes; a photo is in at most one group."""
     threshold = engine.config.search.near_duplicate_threshold if threshold is None else threshold
     index, _ = engine.current()
     k = min(engine.config.search.duplicate_neighbours + 1, int(index.ntotal))
-    links = _UnionFind()
+    empty = np.empty(0, dtype=np.int64)
+    first, second = empty, empty
     if k >= 2:
-        for ids, vectors in engine.catalog.iter_embeddings(engine.dim, chunk=4_096):
-            scores, neighbours = index.search(vectors, k)
-            for row, photo_id in enumerate(ids.tolist()):
-                for other, score in zip(neighbours[row].tolist(), scores[row].tolist(), strict=True):
-                    if other >= 0 and other != photo_id and score >= threshold:
-                        links.union(photo_id, other)
-    # Identical bytes are duplicates whatever the index returns (ties among many copies can hide some).
-    for same_bytes in engine.catalog.same_content_ids():
-        for other in same_bytes[1:]:
-            links.union(same_bytes[0], other)
+        chunks = engine.catalog.iter_embeddings(engine.dim, chunk=EMBEDDING_CHUNK)
+        first, second = similar_pairs(index, chunks, k, threshold)
+    copies = [np.asarray(ids, dtype=np.int64) for ids in engine.catalog.same_content_ids()]
+    candidates = np.unique(np.concatenate([first, second, *copies]))
+    # Rows removed since the index was loaded are left out here, and their pairs below.
+    photos = sorted(engine.catalog.photos(candidates.tolist()).values(), key=suggested_original_key)
+    ordered_ids = np.asarray([photo.id for photo in photos], dtype=np.int64)
 
-    groups = [_group(engine, member_ids) for member_ids in links.components()]
+    a, b = positions_of(ordered_ids, first), positions_of(ordered_ids, second)
+    present = (a >= 0) & (b >= 0)
+    content = np.arange(len(photos), dtype=np.int64)
+    for same_bytes in copies:
+        where = positions_of(ordered_ids, same_bytes)
+        where = where[where >= 0]
+        if where.size > 1:
+            content[where] = where.min()
+    owner = star_groups(len(photos), a[present], b[present], content)
+    logger.info("%d similar pairs at >= %s among %d photos", int(present.sum()), threshold, len(photos))
+
+    grouped = np.flatnonzero(owner >= 0)
+    scores = dict(
+        zip(grouped.tolist(), _scores(engine, ordered_ids[grouped], ordered_ids[owner[grouped]]), strict=True)
+    )
+    groups: list[DuplicateGroup] = []
+    for positions in groups_of(owner):
+        group = _group([photos[p] for p in positions.tolist()], [scores[p] for p in positions.tolist()], threshold)
+        if group is not None:
+            groups.append(group)
     groups.sort(key=lambda group: (-len(group.members), group.original.path))
     return groups
 
 
-def _group(engine: SearchEngine, member_ids: list[int]) -> DuplicateGroup:
-    photos = sorted(engine.catalog.photos(member_ids).values(), key=suggested_original_key)
-    vectors = {
-        int(i): v
-        for ids, chunk in engine.catalog.embeddings_for([p.id for p in photos], engine.dim)
-        for i, v in zip(ids, chunk, strict=True)
-    }
+def _scores(engine: SearchEngine, member_ids: Ids, centre_ids: Ids) -> list[float]:
+    """Cosine similarity of each member to its centre, from the stored vectors (NaN for a row removed since)."""
+    out = np.full(len(member_ids), np.nan, dtype=np.float32)
+    for start in range(0, len(member_ids), EMBEDDING_CHUNK):
+        members, centres = member_ids[start : start + EMBEDDING_CHUNK], centre_ids[start : start + EMBEDDING_CHUNK]
+        vectors = engine.catalog.stored_embeddings(np.unique(np.concatenate([members, centres])).tolist(), engine.dim)
+        known = np.asarray([int(m) in vectors and int(c) in vectors for m, c in zip(members, centres, strict=True)])
+        if known.any():
+            left = np.stack([vectors[int(m)] for m in members[known]])
+            right = np.stack([vectors[int(c)] for c in centres[known]])
+            out[start : start + EMBEDDING_CHUNK][known] = np.einsum("ij,ij->i", left, right)
+    return [float(score) for score in out]
+
+
+def _group(photos: list[PhotoRecord], scores: list[float], threshold: float) -> DuplicateGroup | None:
+    """The group of ``photos`` (suggested original first), keeping the members that score at least
+    ``threshold`` against it by the stored vectors (FAISS sums in another order: a pair it put at the
+    threshold may fall a rounding error short) or have its very bytes; None when fewer than two remain."""
     original = photos[0]
-    reference = vectors[original.id]
     members = [
         DuplicateMember(
             id=photo.id,
             path=photo.path,
-            score=round(float(np.dot(reference, vectors[photo.id])), 6),
+            score=round(score, 6),
             exact=photo.sha256 == original.sha256,
             width=photo.width,
             height=photo.height,
             size_bytes=photo.size_bytes,
             mtime_ns=photo.mtime_ns,
-            original=photo.id == original.id,
+            original=position == 0,
         )
-        for photo in photos
+        for position, (photo, score) in enumerate(zip(photos, scores, strict=True))
     ]
-    members = [members[0], *sorted(members[1:], key=lambda m: (-m.score, m.path))]
-    return DuplicateGroup(members=members)
+    kept = [m for m, score in zip(members[1:], scores[1:], strict=True) if m.exact or score >= threshold]
+    if len(kept) < len(members) - 1:
+        logger.debug(
+            "%d members of %s fall below %s by the stored vectors",
+            len(members) - 1 - len(kept),
+            original.path,
+            threshold,
+        )
+    if not kept:
+        return None
+    return DuplicateGroup(members=[members[0], *sorted(kept, key=lambda m: (-m.score, m.path))])

@@ -162,6 +162,23 @@ def test_low_threshold_merges_more(engine: SearchEngine) -> None:
     assert [len(g.members) for g in loose] == sorted((len(g.members) for g in loose), reverse=True)
 
 
+def test_duplicate_groups_never_chain(engine: SearchEngine) -> None:
+    """At a loose threshold (random weights put many photos close): every member scores at least the
+    threshold against its group's original by the stored vectors, no photo is in two groups, and the
+    groups are the same on a second run."""
+    groups = find_duplicate_groups(engine, 0.9)
+    assert groups
+    members = [m.id for g in groups for m in g.members]
+    assert len(members) == len(set(members))
+    for group in groups:
+        original = engine.catalog.embedding(group.original.id, engine.dim)
+        assert original is not None and group.original.original
+        for member in group.members[1:]:
+            vector = engine.catalog.embedding(member.id, engine.dim)
+            assert vector is not None and float(original @ vector) >= 0.9 and not member.original
+    assert [g.to_dict() for g in find_duplicate_groups(engine, 0.9)] == [g.to_dict() for g in groups]
+
+
 def test_engine_follows_new_commits(tmp_path: Path, db_url: str | None) -> None:
     config = small_config(tmp_path / "data", db_url)
     photos = tmp_path / "photos"

@@ -20,8 +20,12 @@ from indexer.vector_index import (
     load_index,
     needs_rebuild,
     rebuild_index,
+    recall_at_k,
+    recall_sample,
+    set_nprobe,
     sync_index,
 )
+from indexer.vector_source import GlobalVectors
 
 DIM = 32
 
@@ -235,6 +239,30 @@ def test_nprobe_is_tuned_until_recall_reaches_the_target(tmp_path: Path) -> None
     ids, _ = catalog.indexed_ids()
     # An independent measurement on other queries agrees.
     assert _recall_at_10(loaded.index, xb, ids, _clustered(300, seed=13, centers=16)) >= 0.93
+
+
+def test_tuned_nprobe_is_the_smallest_that_meets_target_plus_margin(tmp_path: Path) -> None:
+    catalog = _catalog(tmp_path)
+    _add(catalog, _clustered(4_000, seed=14, centers=16))
+    config = IndexConfig(exact_below=1_000, nprobe=1, target_recall=0.9, recall_margin=0.05)
+    sync_index(catalog, tmp_path, config)
+    loaded = load_index(index_dir(tmp_path))
+    assert loaded is not None and loaded.meta.kind == "ivf_flat"
+    nprobe = loaded.meta.nprobe
+    sample = recall_sample(GlobalVectors(catalog, DIM))
+
+    def recall(lists: int) -> float:
+        set_nprobe(loaded.index, lists)
+        return recall_at_k(loaded.index, sample.queries, sample.exact_scores)
+
+    assert 1 < nprobe < loaded.meta.nlist
+    assert recall(nprobe) >= 0.95 and loaded.meta.recall_at_10 == round(recall(nprobe), 4)
+    assert recall(nprobe - 1) < 0.95  # one list fewer misses target + margin
+    # The floor stays a floor: tuning never goes below it even when fewer lists would do.
+    config = IndexConfig(exact_below=1_000, nprobe=nprobe + 3, target_recall=0.9, recall_margin=0.05)
+    sync_index(catalog, tmp_path, config)
+    floored = load_index(index_dir(tmp_path))
+    assert floored is not None and floored.meta.nprobe == nprobe + 3 and floored.meta.nprobe_floor == nprobe + 3
 
 
 def test_flat_index_reports_exact_recall(tmp_path: Path) -> None:

@@ -33,7 +33,10 @@ if st.session_state.get(f"{KEY}-key") != cache_key:
 groups: list[DuplicateGroup] = st.session_state[f"{KEY}-groups"]
 
 photos = sum(len(group.members) for group in groups)
-st.write(f"**{len(groups)} groups** ({photos} photos) at similarity ≥ {threshold:.3f}")
+st.write(
+    f"**{len(groups)} groups** ({photos} photos): every photo in a group scores ≥ {threshold:.3f} "
+    "against its original (★), or is an exact copy of it"
+)
 buffer = io.StringIO()
 write_duplicates_csv(groups, buffer)
 st.download_button("Download the groups as CSV", buffer.getvalue(), file_name="duplicates.csv", mime="text/csv")
