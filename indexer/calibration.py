@@ -74,7 +74,9 @@ def fit_threshold(
     else:
         # Nothing reaches the target: the smallest score above every non-match.
         threshold = float(np.nextafter(negatives.max(), np.inf))
-        logger.info("no positive score reaches precision %.3f: threshold just above the best non-match", target_precision)
+        logger.info(
+            "no positive score reaches precision %.3f: threshold just above the best non-match", target_precision
+        )
     precision = float(precision_at(positives, negatives, np.array([threshold]))[0])
     families = np.asarray(positive_families)
     per_edit = {

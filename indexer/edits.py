@@ -169,8 +169,14 @@ def _overlay(image: Image.Image, rng: np.random.Generator) -> tuple[str, Image.I
         size = max(6, round(min(canvas.size) * _uniform(rng, 0.08, 0.16)))
         x = round(canvas.width * _uniform(rng, 0.05, 0.5))
         y = round(canvas.height * _uniform(rng, 0.05, 0.8))
-        draw.text((x, y), text, fill=(255, 255, 255, 150), font=_font(size), stroke_width=max(1, size // 12),
-                  stroke_fill=(0, 0, 0, 150))
+        draw.text(
+            (x, y),
+            text,
+            fill=(255, 255, 255, 150),
+            font=_font(size),
+            stroke_width=max(1, size // 12),
+            stroke_fill=(0, 0, 0, 150),
+        )
         name = f"watermark '{text}'"
     return name, Image.alpha_composite(canvas, layer).convert("RGB")
 
@@ -219,8 +225,6 @@ def make_edit(image: Image.Image, family: str, rng: np.random.Generator) -> Edit
     return Edit(family=family, name=name, image=edited.convert("RGB"))
 
 
-def make_edits(
-    image: Image.Image, rng: np.random.Generator, families: Sequence[str] = EDIT_FAMILIES
-) -> list[Edit]:
+def make_edits(image: Image.Image, rng: np.random.Generator, families: Sequence[str] = EDIT_FAMILIES) -> list[Edit]:
     """One edited copy of ``image`` per family, in the order given."""
     return [make_edit(image, family, rng) for family in families]
