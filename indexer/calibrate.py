@@ -186,7 +186,20 @@ def _negatives(
     return negatives, left_out
 
 
-def calibrate_collection(
+@dataclass(frozen=True)
+class CalibrationScores:
+    """What a calibration measured: edited copies against their sources (positives, with their edit
+    family), sampled photos against their best non-match (negatives)."""
+
+    positive_scores: list[float]
+    positive_families: list[str]
+    negative_scores: list[float]
+    sample: int
+    collection_size: int
+    left_out: int
+
+
+def measure_scores(
     catalog: Catalog,
     index: faiss.Index,
     provenance: Provenance,
@@ -195,10 +208,8 @@ def calibrate_collection(
     limits: DecodeLimits,
     *,
     show_progress: bool = False,
-) -> Calibration:
-    """Measure the near-duplicate threshold of the collection in ``catalog`` (searched through ``index``)
-    at ``settings.precision`` and save it. ``embed`` must be the collection's model (see module doc)."""
-    started = time.perf_counter()
+) -> CalibrationScores:
+    """Edit a seeded sample of the collection and score it (see the module doc); nothing is saved."""
     ids, _ = catalog.indexed_ids()
     if len(ids) < settings.min_photos:
         raise CollectionTooSmallError(len(ids), settings.min_photos)
@@ -217,20 +228,44 @@ def calibrate_collection(
     negatives, left_out = _negatives(_Neighbours(catalog, index, provenance.dim), read_ids, vectors, duplicate_floor)
     if not negatives:
         raise CalibrationError("no photo has a non-matching neighbour to compare with")
-    fit = fit_threshold([p.score for p in positives], [p.family for p in positives], negatives, settings.precision)
+    return CalibrationScores(
+        positive_scores=[p.score for p in positives],
+        positive_families=[p.family for p in positives],
+        negative_scores=negatives,
+        sample=len(read_ids),
+        collection_size=len(ids),
+        left_out=left_out,
+    )
+
+
+def calibrate_collection(
+    catalog: Catalog,
+    index: faiss.Index,
+    provenance: Provenance,
+    embed: Embed,
+    settings: CalibrationConfig,
+    limits: DecodeLimits,
+    *,
+    show_progress: bool = False,
+) -> Calibration:
+    """Measure the near-duplicate threshold of the collection in ``catalog`` (searched through ``index``)
+    at ``settings.precision`` and save it. ``embed`` must be the collection's model (see module doc)."""
+    started = time.perf_counter()
+    scores = measure_scores(catalog, index, provenance, embed, settings, limits, show_progress=show_progress)
+    fit = fit_threshold(scores.positive_scores, scores.positive_families, scores.negative_scores, settings.precision)
     calibration = Calibration(
         weights_sha256=provenance.weights_sha256,
         image_size=provenance.image_size,
-        sample=len(read_ids),
-        edits=len(positives),
+        sample=scores.sample,
+        edits=len(scores.positive_scores),
         seed=settings.seed,
-        collection_size=len(ids),
+        collection_size=scores.collection_size,
         threshold=fit.threshold,
         target_precision=settings.precision,
         precision=fit.precision,
         recall=fit.recall,
         per_edit=fit.per_edit,
-        left_out=left_out,
+        left_out=scores.left_out,
         seconds=time.perf_counter() - started,
     )
     save_calibration(catalog, calibration)

@@ -53,6 +53,33 @@ def precision_at(positives: Scores, negatives: Scores, thresholds: Scores) -> Sc
     return np.divide(above_pos, total, out=np.ones_like(total), where=total > 0)
 
 
+def evaluate_threshold(
+    positive_scores: Sequence[float],
+    positive_families: Sequence[str],
+    negative_scores: Sequence[float],
+    threshold: float,
+) -> ThresholdFit:
+    """What ``threshold`` does on these scores (for a threshold fitted on other photos)."""
+    if len(positive_scores) != len(positive_families):
+        raise ValueError("every positive score needs its edit family")
+    if not positive_scores or not negative_scores:
+        raise ValueError("calibration needs at least one positive and one negative score")
+    positives = np.asarray(positive_scores, dtype=np.float64)
+    negatives = np.asarray(negative_scores, dtype=np.float64)
+    families = np.asarray(positive_families)
+    return ThresholdFit(
+        threshold=threshold,
+        precision=float(precision_at(positives, negatives, np.array([threshold]))[0]),
+        recall=float(np.mean(positives >= threshold)),
+        per_edit={
+            str(family): float(np.mean(positives[families == family] >= threshold))
+            for family in dict.fromkeys(positive_families)
+        },
+        positives=len(positives),
+        negatives=len(negatives),
+    )
+
+
 def fit_threshold(
     positive_scores: Sequence[float],
     positive_families: Sequence[str],
@@ -61,8 +88,6 @@ def fit_threshold(
 ) -> ThresholdFit:
     """The lowest threshold whose precision reaches ``target_precision``, its recall overall and per
     edit family. Raises ``ValueError`` without positives or negatives."""
-    if len(positive_scores) != len(positive_families):
-        raise ValueError("every positive score needs its edit family")
     if not positive_scores or not negative_scores:
         raise ValueError("calibration needs at least one positive and one negative score")
     positives = np.asarray(positive_scores, dtype=np.float64)
@@ -77,17 +102,4 @@ def fit_threshold(
         logger.info(
             "no positive score reaches precision %.3f: threshold just above the best non-match", target_precision
         )
-    precision = float(precision_at(positives, negatives, np.array([threshold]))[0])
-    families = np.asarray(positive_families)
-    per_edit = {
-        str(family): float(np.mean(positives[families == family] >= threshold))
-        for family in dict.fromkeys(positive_families)
-    }
-    return ThresholdFit(
-        threshold=threshold,
-        precision=precision,
-        recall=float(np.mean(positives >= threshold)),
-        per_edit=per_edit,
-        positives=len(positives),
-        negatives=len(negatives),
-    )
+    return evaluate_threshold(positive_scores, positive_families, negative_scores, threshold)
