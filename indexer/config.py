@@ -200,7 +200,7 @@ class CalibrationConfig:
     # Indexed photos edited and searched per calibration (all of them in a smaller collection).
     sample: int = _checked(200, _at_least(1))
     # Edited copies made of each sampled photo, their families taken in turn.
-    edits_per_photo: int = _checked(1, _at_least(1))
+    edits_per_photo: int = _checked(2, _at_least(1))
     seed: int = 0
     # Collections with fewer indexed photos keep near_duplicate_threshold, uncalibrated.
     min_photos: int = _checked(20, _at_least(2))

@@ -178,7 +178,7 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     if calibration is not None:
         if calibration["calibrated"]:
             lines.append(
-                f"near-dups    {calibration_line(calibration)}, calibrated {calibration['calibrated_at'][:10]} "
+                f"near-dups    {calibration_line(calibration)}; calibrated {calibration['calibrated_at'][:10]} "
                 f"at {calibration['collection_size']} photos"
             )
         else:

@@ -127,10 +127,10 @@ def test_build_calibrates_and_everything_uses_it(collection: Path) -> None:
     try:
         threshold, calibration = engine.near_duplicate_threshold()
         assert calibration is not None and threshold == calibration.threshold
-        assert (calibration.sample, calibration.edits, calibration.collection_size) == (37, 37, 37)
+        assert (calibration.sample, calibration.edits, calibration.collection_size) == (37, 74, 37)
         assert calibration.precision >= 0.99 or calibration.recall == 0.0
         assert set(calibration.per_edit) <= set(json.loads(json.dumps(calibration.per_edit)))
-        assert len(calibration.per_edit) == 13  # 37 edits take every family in turn
+        assert len(calibration.per_edit) == 13  # 74 edits take every family in turn
         # Labels follow the calibrated threshold, not the config's 0.95.
         for result in engine.search_similar(engine.photo(1).path, 10):
             expected = "near-duplicate" if result.score >= threshold else "similar"
@@ -176,7 +176,7 @@ def test_negatives_leave_out_exact_copies(collection: Path, random_model: Loaded
     # The test photo and its copy have the same bytes (cosine 1): neither is the other's non-match.
     assert max(scores.negative_scores) < 0.99999
     assert len(scores.negative_scores) + scores.left_out == 37
-    assert len(scores.positive_scores) == 37 and all(-1.0 <= s <= 1.0001 for s in scores.positive_scores)
+    assert len(scores.positive_scores) == 74 and all(-1.0 <= s <= 1.0001 for s in scores.positive_scores)
 
 
 def test_calibrate_command_and_its_json(collection: Path, capsys: pytest.CaptureFixture[str]) -> None:
