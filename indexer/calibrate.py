@@ -76,7 +76,7 @@ class CollectionTooSmallError(CalibrationError):
 class CalibrationOutcome:
     """What a build did about calibration, for its summary."""
 
-    status: Literal["calibrated", "current", "too-small", "off"]
+    status: Literal["calibrated", "current", "too-small", "off", "failed"]
     message: str
     calibration: Calibration | None = None
 
@@ -323,7 +323,12 @@ def calibrate_if_due(
         return CalibrationOutcome(
             "current", f"calibration current (made at {existing.collection_size} photos)", existing
         )
-    calibration = calibrate_collection(
-        catalog, open_index(), provenance, embed, settings, limits, show_progress=show_progress
-    )
+    try:
+        calibration = calibrate_collection(
+            catalog, open_index(), provenance, embed, settings, limits, show_progress=show_progress
+        )
+    except CalibrationError as error:
+        # The photos are indexed and committed: a sample that cannot be read back must not fail the build.
+        logger.warning("%s", error)
+        return CalibrationOutcome("failed", f"not calibrated: {error}", existing)
     return CalibrationOutcome("calibrated", f"calibrated ({reason})", calibration)

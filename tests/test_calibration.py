@@ -225,3 +225,22 @@ def test_saved_calibrations_latest_first(tmp_path: Path) -> None:
         assert latest.per_edit == {"crop": 0.9, "blur": 1.0}
     finally:
         catalog.close()
+
+
+def test_the_ui_says_the_threshold_in_words(collection: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("LOUPE_DATA_DIR", str(collection / "data"))
+    engine = SearchEngine.open(small_config(collection / "data"))
+    try:
+        threshold, calibration = engine.near_duplicate_threshold()
+    finally:
+        engine.close()
+    assert calibration is not None
+    app = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "ui" / "app.py"), default_timeout=120).run()
+    words = describe_threshold(threshold, calibration)
+    assert words.startswith("near-duplicate: score ≥ ") and "times in 100 and finds" in words
+    assert words in [caption.value for caption in app.caption]
+    app.switch_page("views/duplicates.py").run()
+    assert words in [caption.value for caption in app.caption]
+    assert app.slider(key="duplicates-threshold").value == pytest.approx(threshold)
