@@ -244,3 +244,31 @@ def test_the_ui_says_the_threshold_in_words(collection: Path, monkeypatch: pytes
     app.switch_page("views/duplicates.py").run()
     assert words in [caption.value for caption in app.caption]
     assert app.slider(key="duplicates-threshold").value == pytest.approx(threshold)
+
+
+def test_a_sample_that_cannot_be_read_back_does_not_fail_the_build(
+    collection: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import indexer.calibrate
+    from indexer.errors import DecodeError
+
+    def unreadable(path: Path, *args: object, **kwargs: object) -> None:
+        raise DecodeError("truncated", f"{path} was cut short")
+
+    monkeypatch.setattr(indexer.calibrate, "load_image", unreadable)
+    config = small_config(collection / "data")
+    engine = SearchEngine.open(config)
+    try:
+        other_weights = replace(engine.provenance, weights_sha256="0" * 64)  # no calibration yet: one is due
+        outcome = calibrate_if_due(
+            engine.catalog,
+            lambda: engine.current()[0],
+            other_weights,
+            lambda images: pytest.fail("nothing to embed"),
+            config.search.calibration,
+            engine.photo_limits,
+        )
+    finally:
+        engine.close()
+    assert outcome.status == "failed" and outcome.calibration is None
+    assert "none of the 37 sampled photos could be read back" in outcome.message
