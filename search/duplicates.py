@@ -96,7 +96,7 @@ def find_duplicate_groups(engine: SearchEngine, threshold: float | None = None) 
     """Groups of near-identical photos, largest first: every member scores at least ``threshold``
     (default: the near-duplicate threshold) against its group's suggested original, which comes first,
     or has the original's very bytes; a photo is in at most one group."""
-    threshold = engine.config.search.near_duplicate_threshold if threshold is None else threshold
+    threshold = engine.near_duplicate_threshold().threshold if threshold is None else threshold
     index, _ = engine.current()
     k = min(engine.config.search.duplicate_neighbours + 1, int(index.ntotal))
     empty = np.empty(0, dtype=np.int64)

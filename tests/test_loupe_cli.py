@@ -48,7 +48,18 @@ def test_help_lists_every_command_with_its_purpose_and_examples(
     commands = result.stdout.split("positional arguments:", 1)[1].split("options:", 1)[0]
     # argparse puts a purpose on the next line when the name is long ("duplicates").
     listed = dict(re.findall(r"^    (\w+)\s+(.+)$", commands, flags=re.MULTILINE))
-    expected = ["build", "status", "verify", "reindex", "migrate", "query", "similar", "region", "duplicates"]
+    expected = [
+        "build",
+        "status",
+        "verify",
+        "reindex",
+        "migrate",
+        "calibrate",
+        "query",
+        "similar",
+        "region",
+        "duplicates",
+    ]
     assert list(listed) == [*expected, "lookup", "ui"]
     assert listed == {name: purpose for name, (purpose, _, _) in loupe_cli.COMMANDS.items()}
     assert "--version" in result.stdout
