@@ -186,7 +186,7 @@ def run(
     try:
         engine.load_model()
         search_image_robust(engine, queries[0].image, 1, robust)  # warm-up: first-call costs out of the timings
-        threshold = engine.config.search.near_duplicate_threshold
+        threshold = engine.near_duplicate_threshold().threshold
         modes: dict[str, Any] = {}
         for mode in MODES:
             answers, seconds = answer_all(engine, queries, settings[mode])

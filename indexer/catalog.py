@@ -45,7 +45,7 @@ from indexer.errors import CatalogError, ProvenanceMismatchError
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 STATUS_INDEXED = "indexed"
 STATUS_FAILED = "failed"
 

@@ -1,4 +1,4 @@
-"""``python -m indexer``: build, status, verify, reindex, migrate.
+"""``python -m indexer``: build, status, verify, reindex, migrate, calibrate.
 
 Each subcommand has its own parser setup and ``main``. Library errors become a one-line message and
 exit code 2; ``verify`` exits 1 when it finds problems; Ctrl-C exits 130 with the work committed so far.
@@ -115,6 +115,11 @@ def setup_build(parser: argparse.ArgumentParser) -> None:
         help="skip files whose resolved path matches GLOB, e.g. '*/thumbnails/*' (repeatable; adds to "
         "config scan.exclude); indexed files that match leave the catalog",
     )
+    parser.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="do not calibrate the near-duplicate threshold after the build (config: search.calibration.on_build)",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument(
         "--strict",
@@ -139,6 +144,7 @@ def main_build(args: argparse.Namespace) -> int:
             "runtime.engine": args.engine,
             "runtime.ray_address": args.ray_address,
             "patches.enabled": False if args.no_patches else None,
+            "search.calibration.on_build": False if args.no_calibrate else None,
         },
     )
     if args.exclude:
@@ -243,6 +249,76 @@ def main_migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# calibrate ---------------------------------------------------------------------------------------
+
+
+def _precision_target(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from error
+    if not 0.5 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a precision at least 0.5 and below 1, got {value}")
+    return value
+
+
+def setup_calibrate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--sample", type=positive_int, help="indexed photos to edit and search (config: search.calibration.sample)"
+    )
+    parser.add_argument("--seed", type=int, help="seed of the sample and the edits (config: search.calibration.seed)")
+    parser.add_argument(
+        "--precision",
+        type=_precision_target,
+        help="how often a near-duplicate label must be right, e.g. 0.99 (config: search.calibration.precision)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the calibration as JSON")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_collection_arguments(parser)
+
+
+def main_calibrate(args: argparse.Namespace) -> int:
+    from indexer.calibrate import calibrate_collection, embed_with
+    from indexer.lock import exclusive_writer
+    from indexer.summary import calibration_line
+    from search.engine import SearchEngine
+
+    config = _resolve_config(
+        args,
+        {
+            "search.calibration.sample": args.sample,
+            "search.calibration.seed": args.seed,
+            "search.calibration.precision": args.precision,
+        },
+    )
+    with exclusive_writer(config.data_dir, "indexer calibrate", config.resolved_db_url):
+        engine = SearchEngine.open(config)
+        try:
+            # The engine's model is checked against the catalog's provenance (weights sha256, image size).
+            embed = embed_with(engine.encode_pixels, engine.provenance.image_size, one_thread=True)
+            calibration = calibrate_collection(
+                engine.catalog,
+                engine.current()[0],
+                engine.provenance,
+                embed,
+                config.search.calibration,
+                engine.photo_limits,
+                show_progress=not (args.no_progress or args.json),
+            )
+        finally:
+            engine.close()
+    result = calibration.to_dict()
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return EXIT_OK
+    print(f"calibrate: near-duplicate {calibration_line(result)} in {result['seconds']:.1f} s")
+    for family, recall in result["per_edit"].items():
+        print(f"  {family:<15} recall {recall:.3f}")
+    if result["left_out"]:
+        print(f"  {result['left_out']} non-matching pairs left out as probable real duplicates")
+    return EXIT_OK
+
+
 # wiring ------------------------------------------------------------------------------------------
 
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
@@ -253,6 +329,11 @@ COMMANDS: dict[str, Command] = {
     "verify": ("check that catalog and index files agree (exit 1 if not)", setup_verify, main_verify),
     "reindex": ("rebuild the FAISS files from the catalog", setup_reindex, main_reindex),
     "migrate": ("upgrade the catalog's schema to this version of Loupe", setup_migrate, main_migrate),
+    "calibrate": (
+        "calibrate the near-duplicate threshold on edited copies of the collection's photos",
+        setup_calibrate,
+        main_calibrate,
+    ),
 }
 
 EPILOG = """examples:
@@ -261,6 +342,7 @@ EPILOG = """examples:
   python -m indexer build /nfs/photos --engine ray --ray-address auto   # on a Ray cluster
   python -m indexer status --json
   python -m indexer verify
+  python -m indexer calibrate --sample 200 --json
 """
 
 

@@ -213,12 +213,36 @@ class RobustConfig:
     local_candidates: int = _checked(50, _at_least(1))
 
 
+def _precision_target(value: Any) -> str | None:
+    return None if 0.5 <= value < 1.0 else "must be a precision at least 0.5 and below 1"
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """How a collection's near-duplicate threshold is calibrated (:mod:`indexer.calibrate`)."""
+
+    # Near-duplicate labels must be right this often (edited copies against their best non-match).
+    precision: float = _checked(0.99, _precision_target)
+    # Indexed photos edited and searched per calibration (all of them in a smaller collection).
+    sample: int = _checked(200, _at_least(1))
+    # Edited copies made of each sampled photo, their families taken in turn.
+    edits_per_photo: int = _checked(1, _at_least(1))
+    seed: int = 0
+    # Collections with fewer indexed photos keep near_duplicate_threshold, uncalibrated.
+    min_photos: int = _checked(20, _at_least(2))
+    # Builds calibrate when the collection has none, has grown or shrunk by growth x since, or the
+    # weights changed. false (or build --no-calibrate) = only `loupe calibrate` does.
+    on_build: bool = True
+    growth: float = _checked(2.0, _at_least(1.1))
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """How queries are answered and labelled."""
 
     default_k: int = _checked(10, _at_least(1))
     near_duplicate_threshold: float = _checked(0.95, _unit_interval)
+    calibration: CalibrationConfig = CalibrationConfig()
     duplicate_neighbours: int = _checked(32, _at_least(1))
     max_query_bytes: int = _checked(64 << 20, _at_least(1))
     max_query_pixels: int = _checked(100_000_000, _at_least(1))

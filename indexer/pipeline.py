@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from indexer.calibrate import CalibrationOutcome, calibrate_if_due, embed_with
 from indexer.catalog import STATUS_FAILED, Catalog, FileState, Provenance, url_without_password
 from indexer.committer import BatchCommitter, PendingBatch
 from indexer.config import RESOLVED_CONFIG_FILE, LoupeConfig, dump_config
@@ -40,7 +41,7 @@ from indexer.lock import exclusive_writer
 from indexer.patches import effective_grid
 from indexer.reader import PhotoDataset, ReadBatch, WorkItem, finish_on_device, make_loader, resolve_workers
 from indexer.scan import ExcludeGlobs, ScannedFile, resolve_roots, scan
-from indexer.vector_index import SyncReport, sync_index
+from indexer.vector_index import SyncReport, current_index, sync_index
 from indexer.vector_makers import current_maker, describe_device, record_maker
 from indexer.vector_source import PatchVectors
 from indexer.weights import weights_kind
@@ -80,6 +81,8 @@ class BuildSummary:
     # Photos the CPU model ran at once, one thread each (0: whole batches).
     parallel_images: int = 0
     compiled: bool = False
+    # What the build did about the near-duplicate threshold's calibration (None: not asked).
+    calibration: CalibrationOutcome | None = None
 
     @property
     def processed(self) -> int:
@@ -280,5 +283,22 @@ def _build_locked(
         if patch_grid:
             patches = PatchVectors(catalog, model.dim, patch_grid)
             summary.patch_index = sync_index(catalog, config.data_dir, config.patches.index, patches)
+
+        # After the index sync: calibration searches the collection as queries will.
+        provenance = catalog.provenance()
+        if provenance is not None:
+            summary.calibration = calibrate_if_due(
+                catalog,
+                lambda: current_index(catalog, config.data_dir, config.index)[0],
+                provenance,
+                embed_with(
+                    lambda pixels: encoder.encode(pixels).embeddings,
+                    model.image_size,
+                    one_thread=bool(encoder.parallel_images),
+                ),
+                config.search.calibration,
+                limits,
+                show_progress=show_progress,
+            )
     finally:
         catalog.close()

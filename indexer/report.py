@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from indexer.calibration_store import Calibration, calibration_due, current_calibration
 from indexer.catalog import STATUS_INDEXED, Catalog, redact_url
 from indexer.config import LoupeConfig
 from indexer.errors import CatalogError, IndexFileError
@@ -38,6 +39,7 @@ def collection_status(
         failures = catalog.failures_by_reason()
         failed_files = catalog.failures() if with_failures else []
         makers = makers_of(catalog)
+        calibration = current_calibration(catalog, provenance)
     finally:
         catalog.close()
     try:
@@ -76,6 +78,7 @@ def collection_status(
     if origins is not None:
         status.update(origins_to_dict(config, origins))
     status["patches"] = _patch_status(config, provenance.patch_grid, patch_meta)
+    status["calibration"] = _calibration_status(config, calibration, counts[STATUS_INDEXED])
     if with_failures:
         status["failures"] = [
             {"path": path, "reason": reason, "message": message} for path, reason, message in failed_files
@@ -83,6 +86,26 @@ def collection_status(
     if status["random_weights"]:
         status["warning"] = RANDOM_WEIGHTS_WARNING
     return status
+
+
+def _calibration_status(config: LoupeConfig, calibration: Calibration | None, indexed: int) -> dict[str, Any]:
+    """The near-duplicate threshold in use and how it was calibrated (or why it is not)."""
+    settings = config.search.calibration
+    if calibration is not None:
+        return {**calibration.to_dict(), "due": calibration_due(calibration, indexed, settings.growth)}
+    reason = (
+        f"{indexed} indexed photos, calibration needs {settings.min_photos}"
+        if indexed < settings.min_photos
+        else "not calibrated yet: `loupe calibrate` (or the next build) does it"
+    )
+    return {
+        "calibrated": False,
+        "threshold": config.search.near_duplicate_threshold,
+        "precision": None,
+        "recall": None,
+        "per_edit": {},
+        "reason": reason,
+    }
 
 
 def _lists_bytes(config: LoupeConfig, meta: IndexMeta | None) -> int:

@@ -51,6 +51,16 @@ def summary_to_dict(summary: BuildSummary) -> dict[str, Any]:
         if summary.patch_index is None
         else {"type": summary.patch_index.spec.factory_string, "vectors": summary.patch_index.ntotal},
     }
+    outcome = summary.calibration
+    data["calibration"] = (
+        None
+        if outcome is None
+        else {
+            "status": outcome.status,
+            "message": outcome.message,
+            **({"result": outcome.calibration.to_dict()} if outcome.calibration is not None else {}),
+        }
+    )
     if summary.weights_kind == "random":
         data["warning"] = RANDOM_WEIGHTS_WARNING
     return data
@@ -86,9 +96,25 @@ def build_summary_lines(summary: BuildSummary) -> list[str]:
         patches = summary.patch_index
         action = "rebuilt" if patches.rebuilt else ("updated" if patches.wrote else "unchanged")
         lines.append(f"  patch index {patches.spec.factory_string}: {patches.ntotal} vectors ({action})")
+    outcome = summary.calibration
+    if outcome is not None:
+        lines.append(f"  near-duplicates: {outcome.message}")
+        if outcome.status == "calibrated" and outcome.calibration is not None:
+            lines.append(f"    {calibration_line(outcome.calibration.to_dict())}")
     if summary.weights_kind == "random":
         lines.append(f"WARNING: {RANDOM_WEIGHTS_WARNING}")
     return lines
+
+
+def calibration_line(calibration: dict[str, Any]) -> str:
+    """A calibration (its ``to_dict``) in one line: threshold, precision, recall, sample, worst edits."""
+    worst = sorted(calibration["per_edit"].items(), key=lambda item: item[1])[:3]
+    return (
+        f"score >= {calibration['threshold']:.4f}: precision {calibration['precision']:.3f} "
+        f"(target {calibration['target_precision']}), recall {calibration['recall']:.3f} of "
+        f"{calibration['edits']} edited copies of {calibration['sample']} photos"
+        + (f"; hardest: {', '.join(f'{family} {value:.2f}' for family, value in worst)}" if worst else "")
+    )
 
 
 def maker_line(maker: dict[str, Any]) -> str:
@@ -148,6 +174,18 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         lines.append(f"failures     {reasons}")
     for failure in status.get("failures", []):
         lines.append(f"  {failure['path']}: {failure['message']}")
+    calibration = status.get("calibration")
+    if calibration is not None:
+        if calibration["calibrated"]:
+            lines.append(
+                f"near-dups    {calibration_line(calibration)}, calibrated {calibration['calibrated_at'][:10]} "
+                f"at {calibration['collection_size']} photos"
+            )
+        else:
+            lines.append(
+                f"near-dups    score >= {calibration['threshold']:.4f} (config default, uncalibrated: "
+                f"{calibration['reason']})"
+            )
     if status["random_weights"]:
         lines.append(f"WARNING: {RANDOM_WEIGHTS_WARNING}")
     return lines

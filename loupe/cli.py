@@ -27,6 +27,7 @@ EPILOG = """examples:
   loupe build ~/Pictures/archive
   loupe build photos/ --weights random --image-size 128   # offline test run
   loupe status --json
+  loupe calibrate --sample 200
   loupe query holiday.jpg -k 20
   loupe similar /photos/2019/img_0042.jpg --under /photos/2020 --json
   loupe region poster.jpg --box 120,80,360,300 --json

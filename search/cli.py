@@ -173,7 +173,8 @@ def setup_duplicates(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threshold",
         type=_score,
-        help="cosine similarity that makes two photos duplicates (config: search.near_duplicate_threshold)",
+        help="cosine similarity that makes two photos duplicates (default: the collection's calibrated threshold, "
+        "else config search.near_duplicate_threshold)",
     )
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON")
@@ -208,7 +209,7 @@ def main_duplicates(args: argparse.Namespace) -> int:
 
     engine = _open(args)
     try:
-        threshold = args.threshold if args.threshold is not None else engine.config.search.near_duplicate_threshold
+        threshold = args.threshold if args.threshold is not None else engine.near_duplicate_threshold().threshold
         groups = find_duplicate_groups(engine, threshold)
     finally:
         engine.close()

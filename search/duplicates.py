@@ -84,7 +84,7 @@ def suggested_original_key(photo: PhotoRecord) -> tuple[int, int, str]:
 def find_duplicate_groups(engine: SearchEngine, threshold: float | None = None) -> list[DuplicateGroup]:
     """Groups of photos at cosine similarity >= ``threshold`` (default: the near-duplicate threshold),
     largest group first."""
-    threshold = engine.config.search.near_duplicate_threshold if threshold is None else threshold
+    threshold = engine.near_duplicate_threshold().threshold if threshold is None else threshold
     index, _ = engine.current()
     k = min(engine.config.search.duplicate_neighbours + 1, int(index.ntotal))
     links = _UnionFind()

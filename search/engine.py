@@ -16,7 +16,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import faiss
 import numpy as np
@@ -24,6 +24,7 @@ import numpy.typing as npt
 import yaml
 from PIL import Image
 
+from indexer.calibration_store import Calibration, current_calibration
 from indexer.catalog import Catalog, PhotoRecord, Provenance
 from indexer.config import RESOLVED_CONFIG_FILE, LoupeConfig, ModelConfig, config_from_mapping
 from indexer.decode import DecodeLimits, decode_image, read_image_bytes
@@ -91,6 +92,14 @@ class QueryImage:
     width: int
     height: int
     patches: npt.NDArray[np.float32] | None = None
+
+
+class NearDuplicateThreshold(NamedTuple):
+    """The near-duplicate threshold in use, and the calibration it comes from (None: the config's
+    ``search.near_duplicate_threshold``, uncalibrated)."""
+
+    threshold: float
+    calibration: Calibration | None
 
 
 def match_label(score: float, same_content: bool, near_duplicate_threshold: float) -> MatchLabel:
@@ -223,6 +232,14 @@ class SearchEngine:
     @property
     def ntotal(self) -> int:
         return int(self.current()[0].ntotal)
+
+    def near_duplicate_threshold(self) -> NearDuplicateThreshold:
+        """The default near-duplicate threshold of labels, ``duplicates`` and the UI: the collection's
+        calibration for its weights and image size when it has one, else the configured threshold."""
+        calibration = current_calibration(self.catalog, self.provenance)
+        if calibration is None:
+            return NearDuplicateThreshold(self.config.search.near_duplicate_threshold, None)
+        return NearDuplicateThreshold(calibration.threshold, calibration)
 
     # Encoding ------------------------------------------------------------------------------------
 
@@ -378,7 +395,7 @@ class SearchEngine:
                 break
             fetch *= 4
         kept.sort(key=lambda item: (-round(item[1], 5), item[0].path != query_path, item[0].id))
-        threshold = self.config.search.near_duplicate_threshold
+        threshold = self.near_duplicate_threshold().threshold
         return [
             SearchResult(
                 rank=rank,

@@ -187,7 +187,7 @@ def robust_results(
     if min_score is not None:
         candidates = [r for r in candidates if r.score >= min_score]
     candidates.sort(key=lambda r: (-round(r.score, 5), r.path != query_path, r.id))
-    threshold = engine.config.search.near_duplicate_threshold
+    threshold = engine.near_duplicate_threshold().threshold
     return [
         replace(r, rank=rank, label=match_label(r.score, r.label == "exact", threshold))
         for rank, r in enumerate(candidates[:k], start=1)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from indexer.calibration_store import describe_threshold
 from search.cli import write_duplicates_csv
 from search.duplicates import DuplicateGroup, find_duplicate_groups
 from ui.state import require_engine
@@ -17,11 +18,13 @@ GROUPS_SHOWN = 50
 
 engine = require_engine()
 st.header("Near-duplicates")
+default = engine.near_duplicate_threshold()
+st.caption(describe_threshold(default.threshold, default.calibration))
 threshold = st.slider(
     "Similarity threshold",
-    0.80,
+    min(0.80, float(default.threshold)),
     1.0,
-    float(engine.config.search.near_duplicate_threshold),
+    float(default.threshold),
     0.005,
     key=f"{KEY}-threshold",
 )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from indexer.calibration_store import describe_threshold
 from search.engine import QueryError, SearchResult
 from ui.components import caption_of, choose_query, compare_view, results_grid
 from ui.state import require_engine
@@ -15,6 +16,8 @@ KEY = "search"
 
 engine = require_engine()
 st.header("Search by image")
+near = engine.near_duplicate_threshold()
+st.caption(describe_threshold(near.threshold, near.calibration))
 
 with st.sidebar:
     st.subheader("Results")
