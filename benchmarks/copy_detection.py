@@ -154,6 +154,7 @@ def run(
     workdir: Path | None = None,
     max_side: int = 1024,
     variants: Sequence[str] | None = None,
+    workers: int = -1,
 ) -> dict[str, Any]:
     """Build the index, answer every query in both modes, and return the report."""
     photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
@@ -171,7 +172,13 @@ def run(
         _reduced(photo, max_side).save(collection / photo.name, quality=95)
     config: LoupeConfig = with_overrides(
         resolve_settings().config,  # the user's settings (config file, models dir), as every command
-        {"data_dir": data, "model.weights": weights, "model.image_size": image_size, "runtime.device": "cpu"},
+        {
+            "data_dir": data,
+            "model.weights": weights,
+            "model.image_size": image_size,
+            "runtime.device": "cpu",
+            "runtime.workers": workers,
+        },
     )
     started = time.perf_counter()
     run_build(config, [collection], show_progress=False)
@@ -257,6 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--variants", nargs="*", choices=VARIANT_NAMES, help="flips and rotations tried (default: config's)"
     )
+    parser.add_argument("--workers", type=int, default=-1, help="decode worker processes (-1: automatic)")
     parser.add_argument("--weights", default="random", help="random (default), pretrained or a .pt path")
     parser.add_argument("--workdir", type=Path, help="keep the collection and index here")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -272,6 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir=args.workdir,
         max_side=args.max_side,
         variants=args.variants,
+        workers=args.workers,
     )
     if args.json:
         print(json.dumps(report, indent=2))

@@ -7,7 +7,8 @@ the patch tokens moves with what was added or cut). Two steps on top of the plai
 1. Flips and rotations: the query's model pixels are also mirrored and rotated (``search.robust.variants``;
    the pixels are square, so a 90° turn of them is the turn of the photo squashed) and all are encoded in
    one encoder call. Every variant searches the index; each photo keeps its best score and says which
-   variant gave it (``match: flipped|rotated``; the query as it is wins ties: ``global``).
+   variant gave it (``match: flipped|rotated``), a variant counting only where it beats the query as it
+   is by :data:`VARIANT_MARGIN` (else ``global``, with the plain score).
 2. Local verification: the best ``local_candidates`` photos are re-scored from their stored patch grids.
    The query's whole grid is slid over the photo's at several scales (a crop lies inside the photo) and
    the photo's grid over the query's (a bordered copy holds the photo), with region search's placement
@@ -47,6 +48,13 @@ PixelTransform = Callable[[torch.Tensor], torch.Tensor]
 # Share of the aligned cells that score a local placement (the best ones): a caption bar or a logo over
 # up to a quarter of the photo does not pull the score down.
 LOCAL_KEEP = 0.75
+# A local score replaces a global one only when higher by more than this: the stored grids are float16,
+# so an exact copy's cells agree to about 1e-3, and it stays a ``global`` match.
+LOCAL_MARGIN = 1e-3
+# A flip or rotation replaces the query as it is only when it scores this much higher: every variant of
+# a query nudges every photo's score a little (random weights: by up to ~0.01), a real mirrored or turned
+# copy jumps (0.94 -> 0.9997), and an unedited query's results should keep saying ``global``.
+VARIANT_MARGIN = 0.01
 
 
 @dataclass(frozen=True)
@@ -170,11 +178,12 @@ def robust_results(
     depth = max(k, settings.local_candidates) if local else k
     best: dict[int, SearchResult] = {}
     for image, kind in zip(query.images, query.kinds, strict=True):
+        margin = 0.0 if kind == "global" else VARIANT_MARGIN
         for result in engine.search_vector(
             image.vector, depth, query_sha256=image.sha256, query_path=query_path, **filters
         ):
             known = best.get(result.id)
-            if known is None or result.score > known.score:
+            if known is None or result.score > known.score + margin:
                 best[result.id] = replace(result, match=kind)
     candidates = sorted(best.values(), key=lambda r: (-r.score, r.id))
     if local:
@@ -182,7 +191,7 @@ def robust_results(
         matches = _local_matches(engine, query.images[0], verified)
         for position, result in enumerate(verified):
             found = matches.get(result.id)
-            if found is not None and found.score > result.score:
+            if found is not None and found.score > result.score + LOCAL_MARGIN:
                 candidates[position] = replace(result, score=found.score, match="local", box=found.box)
     if min_score is not None:
         candidates = [r for r in candidates if r.score >= min_score]
