@@ -20,7 +20,7 @@ from indexer.errors import ConfigError
 from indexer.pipeline import run_build
 from search.engine import SearchEngine
 from search.robust import search_image_robust
-from tests.conftest import PHOTOS, TEST_IMAGE_SIZE, small_config
+from tests.conftest import PHOTOS, TEST_IMAGE_SIZE, call_in_process, small_config
 
 # 256 px, a 16x16 patch grid, as the region tests: coarser grids place a crop too roughly.
 SIZE = 256
@@ -160,3 +160,23 @@ def test_the_copy_detection_benchmark_runs_both_modes(capsys: pytest.CaptureFixt
             assert row["queries"] == 4 and row["positives"] == 2
             assert 0.0 <= row["uap"] <= row["recall@1"] + 1e-9 <= 1.0 + 1e-9
     assert report["modes"]["plain"]["all"]["local_share"] == 0.0
+
+
+def test_the_query_command_shows_how_each_photo_matched(
+    engine: SearchEngine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from search.cli import main
+
+    mirrored = tmp_path / "mirrored.png"
+    _photo("scikit-image__astronaut.jpg").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored)
+    data = str(engine.config.data_dir)
+    found = call_in_process(main, capsys, ["query", str(mirrored), "-k", "2", "--data-dir", data, "--json"], tmp_path)
+    assert found.returncode == 0, found.stderr
+    first = json.loads(found.stdout)["results"][0]
+    assert first["path"].endswith("astronaut.jpg") and first["match"] == "flipped" and first["box"] is None
+    plain = call_in_process(
+        main, capsys, ["query", str(mirrored), "-k", "2", "--no-flips", "--no-local", "--data-dir", data], tmp_path
+    )
+    assert plain.returncode == 0, plain.stderr
+    header, row = plain.stdout.splitlines()[1:3]
+    assert header.split()[3] == "match" and row.split()[3] == "global"
