@@ -188,6 +188,32 @@ def _unit_interval(value: Any) -> str | None:
     return None if -1.0 <= value <= 1.0 else "must be a cosine similarity between -1 and 1"
 
 
+VARIANT_NAMES = ("mirror", "flip", "rotate90", "rotate180", "rotate270", "transpose", "transverse")
+
+
+def _variants(value: Any) -> str | None:
+    unknown = [name for name in value if name not in VARIANT_NAMES]
+    if unknown:
+        return f"has {', '.join(map(repr, unknown))}: the variants are {', '.join(VARIANT_NAMES)}"
+    return None
+
+
+@dataclass(frozen=True)
+class RobustConfig:
+    """Matching that survives common edits (:mod:`search.robust`), for ``query`` and ``lookup``.
+
+    ``flips_and_rotations``: the query is also encoded mirrored and rotated (the ``variants``, in the same
+    forward pass) and each candidate keeps its best score. ``local_verification``: the best
+    ``local_candidates`` candidates are re-scored by sliding the query's patch grid over theirs, so a
+    crop, a bordered copy or one with a caption still finds its source.
+    """
+
+    flips_and_rotations: bool = True
+    variants: tuple[str, ...] = _checked(("mirror", "rotate90", "rotate180", "rotate270"), _variants)
+    local_verification: bool = True
+    local_candidates: int = _checked(50, _at_least(1))
+
+
 def _precision_target(value: Any) -> str | None:
     return None if 0.5 <= value < 1.0 else "must be a precision at least 0.5 and below 1"
 
@@ -222,6 +248,7 @@ class SearchConfig:
     max_query_bytes: int = _checked(64 << 20, _at_least(1))
     max_query_pixels: int = _checked(100_000_000, _at_least(1))
     rescore_candidates: int = _checked(100, _at_least(0))
+    robust: RobustConfig = RobustConfig()
 
 
 def _port(value: Any) -> str | None:

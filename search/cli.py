@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,7 +25,7 @@ from indexer.cli import (
     resolve_command_settings,
     run_handler,
 )
-from indexer.config import LoupeConfig
+from indexer.config import LoupeConfig, RobustConfig
 from indexer.errors import LoupeError
 from indexer.report import RANDOM_WEIGHTS_WARNING
 
@@ -48,6 +49,28 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
+def _add_robust_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-flips",
+        action="store_true",
+        help="do not also search the query mirrored and rotated (config: search.robust.flips_and_rotations)",
+    )
+    parser.add_argument(
+        "--no-local",
+        action="store_true",
+        help="do not re-rank by patch-grid placement, for crops and borders (config: search.robust.local_verification)",
+    )
+
+
+def _robust(args: argparse.Namespace, config: LoupeConfig) -> RobustConfig:
+    robust = config.search.robust
+    return replace(
+        robust,
+        flips_and_rotations=robust.flips_and_rotations and not args.no_flips,
+        local_verification=robust.local_verification and not args.no_local,
+    )
+
+
 def _config(args: argparse.Namespace) -> LoupeConfig:
     return resolve_command_settings(args, {}).config
 
@@ -69,9 +92,11 @@ def _print_results(query: str, results: Sequence[Any], as_json: bool, out: IO[st
     if not results:
         print("  no matches", file=out)
         return
-    print(f"{'rank':>4}  {'score':>7}  {'label':<14}  {'size':>11}  path", file=out)
+    print(f"{'rank':>4}  {'score':>7}  {'label':<14}  {'match':<8}  {'size':>11}  path", file=out)
     for r in results:
-        print(f"{r.rank:>4}  {r.score:>7.4f}  {r.label:<14}  {f'{r.width}x{r.height}':>11}  {r.path}", file=out)
+        size = f"{r.width}x{r.height}"
+        where = "" if r.box is None else f"  (query at {','.join(str(v) for v in r.box)})"
+        print(f"{r.rank:>4}  {r.score:>7.4f}  {r.label:<14}  {r.match:<8}  {size:>11}  {r.path}{where}", file=out)
 
 
 # query / similar ---------------------------------------------------------------------------------
@@ -80,13 +105,18 @@ def _print_results(query: str, results: Sequence[Any], as_json: bool, out: IO[st
 def setup_query(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", type=Path, metavar="IMAGE", help="query image file")
     _add_filters(parser)
+    _add_robust_flags(parser)
     add_collection_arguments(parser)
 
 
 def main_query(args: argparse.Namespace) -> int:
+    from search.robust import search_image_robust
+
     engine = _open(args)
     try:
-        results = engine.search_image(args.image, args.k, min_score=args.min_score, under=args.under)
+        results = search_image_robust(
+            engine, args.image, args.k, _robust(args, engine.config), min_score=args.min_score, under=args.under
+        )
     finally:
         engine.close()
     _print_results(str(args.image.resolve()), results, args.json, sys.stdout)
@@ -241,6 +271,7 @@ def setup_lookup(parser: argparse.ArgumentParser) -> None:
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON")
     output.add_argument("--csv", type=Path, metavar="FILE", help="write CSV rows (query, rank, score, ...) to FILE")
+    _add_robust_flags(parser)
     add_collection_arguments(parser)
 
 
@@ -252,7 +283,14 @@ def main_lookup(args: argparse.Namespace) -> int:
     engine = _open(args)
     try:
         lookups = list(
-            reverse_lookup(engine, args.folder, args.k, min_score=args.min_score, show_progress=not args.json)
+            reverse_lookup(
+                engine,
+                args.folder,
+                args.k,
+                min_score=args.min_score,
+                show_progress=not args.json,
+                robust=_robust(args, engine.config),
+            )
         )
     finally:
         engine.close()
@@ -261,12 +299,13 @@ def main_lookup(args: argparse.Namespace) -> int:
     elif args.csv is not None:
         with args.csv.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["query", "rank", "score", "label", "id", "path", "error"])
+            writer.writerow(["query", "rank", "score", "label", "id", "path", "error", "match", "box"])
             for item in lookups:
                 if item.error is not None or not item.results:
-                    writer.writerow([item.query, "", "", "", "", "", item.error or "no match"])
+                    writer.writerow([item.query, "", "", "", "", "", item.error or "no match", "", ""])
                 for r in item.results:
-                    writer.writerow([item.query, r.rank, f"{r.score:.6f}", r.label, r.id, r.path, ""])
+                    box = "" if r.box is None else ",".join(str(v) for v in r.box)
+                    writer.writerow([item.query, r.rank, f"{r.score:.6f}", r.label, r.id, r.path, "", r.match, box])
         print(f"wrote {len(lookups)} queries to {args.csv}")
     else:
         for item in lookups:

@@ -36,6 +36,10 @@ logger = logging.getLogger(__name__)
 
 Vector = npt.NDArray[np.float32]
 MatchLabel = Literal["exact", "near-duplicate", "similar"]
+# How a result was matched (search.robust): the query as it is, mirrored or flipped, rotated, or by its
+# patch grid placed inside the photo's (a crop) or the photo's inside it (a border).
+MatchKind = Literal["global", "flipped", "rotated", "local"]
+Box = tuple[int, int, int, int]
 
 
 GPU_SEARCH_MIN_VECTORS = 100_000
@@ -57,9 +61,25 @@ class SearchResult:
     width: int
     height: int
     sha256: str
+    match: MatchKind = "global"
+    # For a local match: where the query lies in this photo, in its pixels (after EXIF orientation).
+    box: Box | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["box"] = None if self.box is None else list(self.box)
+        return data
+
+
+@dataclass(frozen=True)
+class DecodedQuery:
+    """A query image decoded (EXIF orientation applied, possibly reduced by draft decoding), its full
+    size in pixels and, when it came from bytes, their sha256."""
+
+    image: Image.Image
+    sha256: str | None
+    width: int
+    height: int
 
 
 @dataclass(frozen=True)
@@ -265,33 +285,53 @@ class SearchEngine:
         embeddings: Vector = self._get_encoder().encode(pixels).embeddings
         return embeddings
 
+    def encode_model_pixels(self, pixels: Any) -> tuple[Vector, npt.NDArray[np.float32] | None]:
+        """Unit vectors ``[B, D]`` and pooled patch grids ``[B, g, g, D]`` (None when the index has no
+        patches) of a ``[B, 3, S, S]`` uint8 batch, in one encoder call: one image as a fast query pass
+        (:meth:`Encoder.encode_query`), several (a query's flips and rotations) as one batch."""
+        from indexer.patches import pool_patches
+
+        encoder = self._get_encoder()
+        encoded = encoder.encode_query(pixels) if len(pixels) == 1 else encoder.encode(pixels)
+        grids = pool_patches(encoded.patches, self.patch_grid).astype(np.float32) if self.patch_grid else None
+        return encoded.embeddings, grids
+
     def encode_image(self, image: Image.Image, sha256: str | None = None) -> QueryImage:
         """Encode an RGB-convertible PIL image with the indexer's preprocessing and model (patch grid
         included when the index has patches), as one fast query pass (:meth:`Encoder.encode_query`)."""
-        from indexer.patches import pool_patches
         from indexer.preprocess import model_pixels
 
-        size = self.provenance.image_size
-        pixels = model_pixels(image.convert("RGB"), size).unsqueeze(0)
-        encoded = self._get_encoder().encode_query(pixels)
-        grid = pool_patches(encoded.patches, self.patch_grid)[0].astype(np.float32) if self.patch_grid else None
-        return QueryImage(encoded.embeddings[0], sha256, image.width, image.height, grid)
+        pixels = model_pixels(image.convert("RGB"), self.provenance.image_size).unsqueeze(0)
+        vectors, grids = self.encode_model_pixels(pixels)
+        return QueryImage(vectors[0], sha256, image.width, image.height, None if grids is None else grids[0])
 
-    def encode_bytes(self, data: bytes) -> QueryImage:
-        """Decode (EXIF orientation, colour modes, limits) and encode image bytes."""
+    def decode_query(self, image: Image.Image | bytes | Path) -> DecodedQuery:
+        """A query given as a file path, bytes or a PIL image, decoded under the query limits."""
+        if isinstance(image, Image.Image):
+            return DecodedQuery(image.convert("RGB"), None, image.width, image.height)
+        if isinstance(image, Path):
+            try:
+                data = read_image_bytes(image, self.query_limits)
+            except DecodeError as error:
+                raise QueryError(f"{image}: {error}") from error
+        else:
+            data = bytes(image)
         try:
             decoded = decode_image(data, self.query_limits, min_side=self.provenance.image_size)
         except DecodeError as error:
             raise QueryError(f"cannot use this image: {error}") from error
-        query = self.encode_image(decoded.image, hashlib.sha256(data).hexdigest())
-        return replace(query, width=decoded.width, height=decoded.height)
+        return DecodedQuery(decoded.image, hashlib.sha256(data).hexdigest(), decoded.width, decoded.height)
+
+    def encode_bytes(self, data: bytes) -> QueryImage:
+        """Decode (EXIF orientation, colour modes, limits) and encode image bytes."""
+        return self._encode_decoded(self.decode_query(data))
 
     def encode_file(self, path: Path) -> QueryImage:
-        try:
-            data = read_image_bytes(path, self.query_limits)
-        except DecodeError as error:
-            raise QueryError(f"{path}: {error}") from error
-        return self.encode_bytes(data)
+        return self._encode_decoded(self.decode_query(path))
+
+    def _encode_decoded(self, decoded: DecodedQuery) -> QueryImage:
+        query = self.encode_image(decoded.image, decoded.sha256)
+        return replace(query, width=decoded.width, height=decoded.height)
 
     # Queries -------------------------------------------------------------------------------------
 

@@ -187,13 +187,25 @@ def matched_box(
     )
 
 
-def best_placement(similarity: Grid, scale_rows: float, scale_cols: float, weights: Grid | None = None) -> Placement:
+def best_placement(
+    similarity: Grid,
+    scale_rows: float,
+    scale_cols: float,
+    weights: Grid | None = None,
+    *,
+    keep: float = 1.0,
+    scales: tuple[float, ...] = SCALES,
+) -> Placement:
     """Slide the query block over a photo's grid at every scale; return the best-scoring placement.
 
     ``similarity`` is ``[rows, cols, g, g]``: each query cell against each photo cell. ``scale_rows`` and
     ``scale_cols`` convert a length in query cells into photo cells at scale 1 (the aspect correction).
-    ``weights`` (``[rows, cols]``, e.g. how much of each cell the box covers) weight the mean.
+    ``weights`` (``[rows, cols]``, e.g. how much of each cell the box covers) weight the mean. ``keep``
+    below 1 scores a placement by the mean of only its best ``keep`` share of cells (unweighted), so cells
+    hidden under an overlay do not count against it.
     """
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"keep must be in (0, 1], got {keep}")
     rows, cols, grid, _ = similarity.shape
     query_rows, query_cols = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
     flat = similarity.reshape(rows * cols, grid, grid)
@@ -202,7 +214,8 @@ def best_placement(similarity: Grid, scale_rows: float, scale_cols: float, weigh
     cell_weights = (cell_weights / cell_weights.sum())[:, None, None]
     best = Placement(-math.inf, 0, 0, 1, 1)
     tried: set[tuple[int, int]] = set()
-    for scale in SCALES:
+    kept_cells = max(1, round(keep * rows * cols))
+    for scale in scales:
         height = int(np.clip(round(rows * scale * scale_rows), 1, grid))
         width = int(np.clip(round(cols * scale * scale_cols), 1, grid))
         if (height, width) in tried:
@@ -213,7 +226,11 @@ def best_placement(similarity: Grid, scale_rows: float, scale_cols: float, weigh
         offset_cols = ((query_cols.ravel() + 0.5) * width / cols).astype(int)
         window_rows = offset_rows[:, None] + np.arange(grid - height + 1)[None, :]
         window_cols = offset_cols[:, None] + np.arange(grid - width + 1)[None, :]
-        scores = (flat[cell_index, window_rows[:, :, None], window_cols[:, None, :]] * cell_weights).sum(axis=0)
+        aligned = flat[cell_index, window_rows[:, :, None], window_cols[:, None, :]]
+        if kept_cells < rows * cols:
+            scores = np.partition(aligned, rows * cols - kept_cells, axis=0)[rows * cols - kept_cells :].mean(axis=0)
+        else:
+            scores = (aligned * cell_weights).sum(axis=0)
         top, left = np.unravel_index(int(np.argmax(scores)), scores.shape)
         score = float(scores[top, left])
         if score > best.score:

@@ -201,9 +201,7 @@ def test_a_current_catalog_from_before_migrations_is_read_and_stamped(tmp_path: 
 
     engine = create_engine(url)
     # How Loupe made schema-2 catalogs before it used Alembic: every table of the time.
-    schema_2 = [
-        table for name, table in Base.metadata.tables.items() if name not in ("vector_makers", "calibrations")
-    ]
+    schema_2 = [table for name, table in Base.metadata.tables.items() if name not in ("vector_makers", "calibrations")]
     Base.metadata.create_all(engine, tables=schema_2)
     engine.dispose()
     with pytest.raises(CatalogError, match="schema revision 0002, this Loupe needs 0004"):
