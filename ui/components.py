@@ -129,9 +129,20 @@ def results_grid(
                     st.rerun()  # the side-by-side view sits above the grid
 
 
+# How a match that is not the plain global one was made, in words (search.robust).
+MATCH_WORDS = {"flipped": "mirrored copy", "rotated": "rotated copy", "local": "contains the query"}
+
+
 def caption_of(result: SearchResult) -> str:
     path = Path(result.path)
-    return f"#{result.rank} · {result.score:.3f} · {result.label}  \n**{path.name}**  \n{path.parent}"
+    how = MATCH_WORDS.get(result.match)
+    if how is not None and result.box is not None:
+        how += " at {},{}-{},{}".format(*result.box)
+    return (
+        f"#{result.rank} · {result.score:.3f} · {result.label}"
+        + (f" · {how}" if how else "")
+        + f"  \n**{path.name}**  \n{path.parent}"
+    )
 
 
 def compare_view(engine: SearchEngine, query: QueryChoice, key: str) -> None:

@@ -9,6 +9,7 @@ import streamlit as st
 
 from indexer.calibration_store import describe_threshold
 from search.engine import QueryError, SearchResult
+from search.robust import search_image_robust
 from ui.components import caption_of, choose_query, compare_view, results_grid
 from ui.state import require_engine
 
@@ -37,7 +38,8 @@ if query is not None:
             results = engine.search_similar(query.photo.id, k, include_self=True, **filters)
         else:
             assert query.data is not None
-            results = engine.search_image(query.data, k, **filters)
+            # Mirrored, rotated, cropped and captioned copies too (search.robust), as `loupe query` does.
+            results = search_image_robust(engine, query.data, k, None, **filters)
     except QueryError as error:
         st.error(str(error))
         st.stop()
