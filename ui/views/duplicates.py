@@ -25,7 +25,8 @@ threshold = st.slider(
     min(0.80, float(default.threshold)),
     1.0,
     float(default.threshold),
-    0.005,
+    0.001,  # a calibrated threshold has three decimals (0.9988 would show as 1.00 in steps of 0.005)
+    format="%.3f",
     key=f"{KEY}-threshold",
 )
 cache_key = (threshold, engine.catalog.revision())
