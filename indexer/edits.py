@@ -35,19 +35,7 @@ EDIT_FAMILIES: tuple[str, ...] = (
 )
 # What a combination draws from: every family but itself, and not two geometric turns (a combo of a
 # mirror and a quarter turn is still one photo, but it says little that each alone does not).
-COMBO_PARTS: tuple[str, ...] = (
-    "resize",
-    "jpeg",
-    "crop",
-    "crop-offcentre",
-    "mirror",
-    "rotate-small",
-    "grayscale",
-    "color",
-    "blur",
-    "overlay",
-    "border",
-)
+COMBO_PARTS: tuple[str, ...] = tuple(family for family in EDIT_FAMILIES if family not in ("rotate90", "combo"))
 CAPTIONS = ("© 2026 Loupe Archive", "SAMPLE", "holiday 2019", "IMG_0042", "do not copy", "press photo")
 
 
