@@ -196,7 +196,9 @@ def main_region(args: argparse.Namespace) -> int:
 
 # duplicates --------------------------------------------------------------------------------------
 
-DUPLICATE_CSV_FIELDS = ["group", "member", "original", "exact", "score", "width", "height", "size_bytes", "id", "path"]
+DUPLICATE_CSV_FIELDS = [
+    "group", "member", "original", "exact", "score", "width", "height", "size_bytes", "id", "path", "match"
+]  # fmt: skip
 
 
 def setup_duplicates(parser: argparse.ArgumentParser) -> None:
@@ -205,6 +207,12 @@ def setup_duplicates(parser: argparse.ArgumentParser) -> None:
         type=_score,
         help="cosine similarity that makes two photos duplicates (default: the collection's calibrated threshold, "
         "else config search.near_duplicate_threshold)",
+    )
+    parser.add_argument(
+        "--flips",
+        action="store_true",
+        help="also find mirrored and rotated copies: reads and encodes every photo again as its flips and "
+        "rotations (config search.robust.variants), about 4x a build's model time",
     )
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON")
@@ -230,6 +238,7 @@ def write_duplicates_csv(groups: Sequence[Any], out: IO[str]) -> None:
                     m.size_bytes,
                     m.id,
                     m.path,
+                    m.match,
                 ]
             )
 
@@ -240,7 +249,13 @@ def main_duplicates(args: argparse.Namespace) -> int:
     engine = _open(args)
     try:
         threshold = args.threshold if args.threshold is not None else engine.near_duplicate_threshold().threshold
-        groups = find_duplicate_groups(engine, threshold)
+        if args.flips:
+            from tqdm import tqdm
+
+            with tqdm(total=engine.catalog.counts().get("indexed", 0), unit="img", desc="flips and rotations") as bar:
+                groups = find_duplicate_groups(engine, threshold, flips=True, progress=bar.update)
+        else:
+            groups = find_duplicate_groups(engine, threshold)
     finally:
         engine.close()
     if args.json:
@@ -257,7 +272,8 @@ def main_duplicates(args: argparse.Namespace) -> int:
             print(f"group {number} ({len(group.members)} photos)")
             for m in group.members:
                 kind = "original" if m.original else ("exact copy" if m.exact else f"{m.score:.4f}")
-                print(f"  {kind:>10}  {f'{m.width}x{m.height}':>11}  {m.path}")
+                how = "" if m.match == "global" else f" ({m.match})"
+                print(f"  {kind:>10}  {f'{m.width}x{m.height}':>11}  {m.path}{how}")
     return EXIT_OK
 
 

@@ -7,12 +7,16 @@ kept (as arrays, filtered with numpy, never pair by pair). :func:`search.star_gr
 takes the photos in suggested-original order: each one not yet grouped becomes its group's original and
 takes every photo not yet grouped that scores at or above the threshold against it. Photos with the same
 bytes (sha256) always share a group. Scores shown are recomputed from the stored vectors.
+
+With ``flips`` (opt-in: it encodes every photo again, see :mod:`search.flipped_pairs`), a photo's mirrored
+and turned versions search the index too; a pair found that way counts with its best variant score, and
+the member says how it matched (``match: flipped|rotated``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -21,7 +25,8 @@ import numpy as np
 import numpy.typing as npt
 
 from indexer.catalog import PhotoRecord
-from search.engine import SearchEngine
+from search.engine import MatchKind, SearchEngine
+from search.flipped_pairs import flipped_pairs
 from search.star_groups import groups_of, star_groups
 
 logger = logging.getLogger(__name__)
@@ -43,6 +48,9 @@ class DuplicateMember:
     size_bytes: int
     mtime_ns: int
     original: bool
+    # How the member matched the original: its stored vector (global), or a flip or rotation of one of the
+    # two photos (only with ``flips``), whose score is then the one shown.
+    match: MatchKind = "global"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,10 +100,17 @@ def positions_of(ordered_ids: Ids, ids: Ids) -> Ids:
     return np.where(present, order[found] if len(sorted_ids) else -1, -1).astype(np.int64)
 
 
-def find_duplicate_groups(engine: SearchEngine, threshold: float | None = None) -> list[DuplicateGroup]:
+def find_duplicate_groups(
+    engine: SearchEngine,
+    threshold: float | None = None,
+    *,
+    flips: bool = False,
+    progress: Callable[[int], object] | None = None,
+) -> list[DuplicateGroup]:
     """Groups of near-identical photos, largest first: every member scores at least ``threshold``
     (default: the near-duplicate threshold) against its group's suggested original, which comes first,
-    or has the original's very bytes; a photo is in at most one group."""
+    or has the original's very bytes; a photo is in at most one group. ``flips``: also match mirrored and
+    rotated copies (every photo is read and encoded again; ``progress`` is called with photo counts)."""
     threshold = engine.near_duplicate_threshold().threshold if threshold is None else threshold
     index, _ = engine.current()
     k = min(engine.config.search.duplicate_neighbours + 1, int(index.ntotal))
@@ -104,6 +119,14 @@ def find_duplicate_groups(engine: SearchEngine, threshold: float | None = None) 
     if k >= 2:
         chunks = engine.catalog.iter_embeddings(engine.dim, chunk=EMBEDDING_CHUNK)
         first, second = similar_pairs(index, chunks, k, threshold)
+    variant_scores: dict[tuple[int, int], tuple[float, MatchKind]] = {}
+    if flips:
+        names = engine.config.search.robust.variants
+        found = flipped_pairs(
+            engine, threshold, names, neighbours=engine.config.search.duplicate_neighbours, progress=progress
+        )
+        first, second = np.concatenate([first, found.first]), np.concatenate([second, found.second])
+        variant_scores = found.best()
     copies = [np.asarray(ids, dtype=np.int64) for ids in engine.catalog.same_content_ids()]
     candidates = np.unique(np.concatenate([first, second, *copies]))
     # Rows removed since the index was loaded are left out here, and their pairs below.
@@ -122,9 +145,13 @@ def find_duplicate_groups(engine: SearchEngine, threshold: float | None = None) 
     logger.info("%d similar pairs at >= %s among %d photos", int(present.sum()), threshold, len(photos))
 
     grouped = np.flatnonzero(owner >= 0)
-    scores = dict(
-        zip(grouped.tolist(), _scores(engine, ordered_ids[grouped], ordered_ids[owner[grouped]]), strict=True)
-    )
+    stored = _scores(engine, ordered_ids[grouped], ordered_ids[owner[grouped]])
+    scores: dict[int, tuple[float, MatchKind]] = {}
+    for position, score in zip(grouped.tolist(), stored, strict=True):
+        pair = (int(ordered_ids[position]), int(ordered_ids[owner[position]]))
+        by_variant = variant_scores.get(pair)
+        # A row removed since (NaN) stays out, whatever its variants scored.
+        scores[position] = by_variant if by_variant is not None and by_variant[0] > score else (score, "global")
     groups: list[DuplicateGroup] = []
     for positions in groups_of(owner):
         group = _group([photos[p] for p in positions.tolist()], [scores[p] for p in positions.tolist()], threshold)
@@ -148,11 +175,12 @@ def _scores(engine: SearchEngine, member_ids: Ids, centre_ids: Ids) -> list[floa
     return [float(score) for score in out]
 
 
-def _group(photos: list[PhotoRecord], scores: list[float], threshold: float) -> DuplicateGroup | None:
+def _group(photos: list[PhotoRecord], scored: list[tuple[float, MatchKind]], threshold: float) -> DuplicateGroup | None:
     """The group of ``photos`` (suggested original first), keeping the members that score at least
     ``threshold`` against it by the stored vectors (FAISS sums in another order: a pair it put at the
     threshold may fall a rounding error short) or have its very bytes; None when fewer than two remain."""
     original = photos[0]
+    scores = [score for score, _ in scored]
     members = [
         DuplicateMember(
             id=photo.id,
@@ -164,8 +192,9 @@ def _group(photos: list[PhotoRecord], scores: list[float], threshold: float) -> 
             size_bytes=photo.size_bytes,
             mtime_ns=photo.mtime_ns,
             original=position == 0,
+            match="global" if position == 0 else kind,
         )
-        for position, (photo, score) in enumerate(zip(photos, scores, strict=True))
+        for position, (photo, (score, kind)) in enumerate(zip(photos, scored, strict=True))
     ]
     kept = [m for m, score in zip(members[1:], scores[1:], strict=True) if m.exact or score >= threshold]
     if len(kept) < len(members) - 1:
