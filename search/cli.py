@@ -1,4 +1,4 @@
-"""``python -m search``: query, similar, duplicates, lookup.
+"""``python -m search``: query, similar, region, duplicates (and acting on them), lookup, undo.
 
 Tables for people, ``--json`` (and ``--csv`` where rows make sense) for scripts. Errors are one line on
 stderr with exit code 2.
@@ -18,6 +18,7 @@ from typing import IO, Any
 
 from indexer.cli import (
     EXIT_OK,
+    EXIT_PROBLEMS,
     Command,
     add_collection_arguments,
     command_parser,
@@ -209,7 +210,39 @@ def setup_duplicates(parser: argparse.ArgumentParser) -> None:
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON")
     output.add_argument("--csv", action="store_true", help="print CSV, one row per photo")
+    act = parser.add_argument_group("acting on duplicates (a dry run that prints the plan, unless --yes)")
+    act.add_argument(
+        "--apply",
+        type=_action,
+        metavar="move:DIR|trash|hardlink|symlink",
+        help="move every non-keeper into DIR, send it to the trash, or replace it by a hard or symbolic link "
+        "to its keeper (the replaced bytes are kept for undo under the data dir)",
+    )
+    act.add_argument(
+        "--reference",
+        action="append",
+        type=Path,
+        dest="reference",
+        metavar="DIR",
+        help="never act on photos in DIR (repeatable; config: search.reference_folders)",
+    )
+    act.add_argument(
+        "--journal",
+        type=Path,
+        metavar="FILE",
+        help="journal of the apply (a new file; default: <data dir>/journals/apply-YYYYmmdd-HHMMSS.jsonl)",
+    )
+    act.add_argument("--yes", action="store_true", help="act: without it --apply only prints the plan")
     add_collection_arguments(parser)
+
+
+def _action(text: str) -> Any:
+    from search.apply_plan import ActionSpecError, parse_action
+
+    try:
+        return parse_action(text)
+    except ActionSpecError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def write_duplicates_csv(groups: Sequence[Any], out: IO[str]) -> None:
@@ -237,12 +270,19 @@ def write_duplicates_csv(groups: Sequence[Any], out: IO[str]) -> None:
 def main_duplicates(args: argparse.Namespace) -> int:
     from search.duplicates import find_duplicate_groups
 
+    if args.apply is None:
+        if args.yes or args.journal is not None:
+            raise LoupeError("--yes and --journal go with --apply ACTION")
+    elif args.csv:
+        raise LoupeError("--csv lists groups; a plan prints as a table or, with --json, as JSON")
     engine = _open(args)
     try:
         threshold = args.threshold if args.threshold is not None else engine.near_duplicate_threshold().threshold
         groups = find_duplicate_groups(engine, threshold)
     finally:
         engine.close()
+    if args.apply is not None:
+        return _apply_duplicates(args, groups, threshold)
     if args.json:
         print(json.dumps({"threshold": threshold, "groups": [g.to_dict() for g in groups]}, indent=2))
     elif args.csv:
@@ -259,6 +299,69 @@ def main_duplicates(args: argparse.Namespace) -> int:
                 kind = "original" if m.original else ("exact copy" if m.exact else f"{m.score:.4f}")
                 print(f"  {kind:>10}  {f'{m.width}x{m.height}':>11}  {m.path}")
     return EXIT_OK
+
+
+def _apply_duplicates(args: argparse.Namespace, groups: Sequence[Any], threshold: float) -> int:
+    """The plan of ``--apply`` (a dry run), or, with ``--yes``, the apply and its summary."""
+    from search.apply import apply_plan
+    from search.apply_plan import plan_actions
+    from search.apply_report import DRY_RUN_LINE, apply_lines, plan_lines, unfinished_lines
+    from search.journal import unfinished_journals
+
+    config = _config(args)
+    references = [*config.search.reference_folders, *(args.reference or [])]
+    plan = plan_actions(groups, args.apply, threshold, references)
+    if not args.yes:
+        if args.json:
+            print(json.dumps({"dry_run": True, **plan.to_dict()}, indent=2))
+        else:
+            print("\n".join(plan_lines(plan)))
+            print(DRY_RUN_LINE)
+            for line in unfinished_lines(unfinished_journals(config.data_dir)):
+                print(line, file=sys.stderr)
+        return EXIT_OK
+    report = apply_plan(plan, config, args.journal, show_progress=not args.json)
+    if args.json:
+        print(json.dumps({"dry_run": False, **report.to_dict()}, indent=2))
+    else:
+        print("\n".join(apply_lines(report, undo_command(args, report.journal))))
+    failed = report.count("failed") + sum(1 for o in report.recovered if o.status == "failed")
+    return EXIT_PROBLEMS if failed else EXIT_OK
+
+
+def undo_command(args: argparse.Namespace, journal: Path) -> str:
+    """The command that undoes an apply journaled in ``journal``, with the collection flags given."""
+    from indexer.catalog import redact_url
+
+    words = ["python -m search undo", str(journal)]
+    if args.config is not None:
+        words += ["--config", str(args.config.absolute())]
+    if args.data_dir is not None:
+        words += ["--data-dir", str(args.data_dir.absolute())]
+    if args.db_url is not None:
+        words += ["--db-url", redact_url(args.db_url)]
+    return " ".join(words)
+
+
+# undo --------------------------------------------------------------------------------------------
+
+
+def setup_undo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("journal", type=Path, metavar="JOURNAL", help="the journal of a duplicates --apply --yes")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    add_collection_arguments(parser)
+
+
+def main_undo(args: argparse.Namespace) -> int:
+    from search.apply_report import undo_lines
+    from search.undo import undo_journal
+
+    report = undo_journal(args.journal, _config(args))
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print("\n".join(undo_lines(report)))
+    return EXIT_OK if report.complete else EXIT_PROBLEMS
 
 
 # lookup ------------------------------------------------------------------------------------------
@@ -324,6 +427,7 @@ COMMANDS: dict[str, Command] = {
     "region": ("photos that contain a region of an image, with the matched box", setup_region, main_region),
     "duplicates": ("groups of near-identical photos, suggested original first", setup_duplicates, main_duplicates),
     "lookup": ("best matches for every image in a folder of queries", setup_lookup, main_lookup),
+    "undo": ("reverse a duplicates --apply, file by file, from its journal", setup_undo, main_undo),
 }
 
 EPILOG = """examples:
@@ -331,6 +435,9 @@ EPILOG = """examples:
   python -m search similar /photos/2019/img_0042.jpg --under /photos/2020 --json
   python -m search region poster.jpg --box 120,80,360,300 --json
   python -m search duplicates --threshold 0.97 --csv > duplicates.csv
+  python -m search duplicates --apply move:/photos/duplicates --reference /photos/originals   # dry run
+  python -m search duplicates --apply trash --yes
+  python -m search undo ~/.local/share/loupe/journals/apply-20260101-120000.jsonl
   python -m search lookup incoming/ -k 3 --csv matches.csv
 """
 
