@@ -154,15 +154,17 @@ def load_saved_row(action: ActionRecord) -> SavedRow:
 
 def _settle_move(action: ActionRecord, path: Path, target: Path) -> FileSide:
     _drop(target.parent / action.temporary)
-    if is_placeholder(path) and _holds(target, action.sha256):
+    moved = _holds(target, action.sha256) and not _same_file(path, target)
+    if moved and is_placeholder(path):
         path.unlink()  # an undo claimed the name and was interrupted before the rename
+    if moved:
+        if not _holds(path, action.sha256):
+            return FileSide("applied")  # with someone else's file at the old name, if any: undo refuses
+        target.unlink()  # a verified copy across file systems, the bytes being at the old name too
     if os.path.lexists(path):
-        ours = is_placeholder(target) or _holds(target, action.sha256)
-        if os.path.lexists(target) and not _same_file(path, target) and ours:
-            target.unlink()  # this action's claimed name, or its verified copy across file systems
+        if is_placeholder(target) and not _same_file(path, target):
+            target.unlink()  # the name this action claimed before it was interrupted
         return FileSide("original")
-    if _holds(target, action.sha256):
-        return FileSide("applied")
     raise ActionError(f"{path} is gone and {target} does not hold its bytes: something else moved or changed them")
 
 
@@ -171,9 +173,12 @@ def _settle_trash(action: ActionRecord, path: Path, trash: TrashEntry | None) ->
         if not os.path.lexists(trash.file):
             Path(trash.info).unlink(missing_ok=True)  # restored by an undo interrupted before this
         trash = None
-    if os.path.lexists(path) and not is_placeholder(path):
+    if _holds(path, action.sha256):
         return FileSide("original")
     entry = trash or find_in_trash(path, action.sha256)
+    if os.path.lexists(path) and not is_placeholder(path):
+        # Someone else's file at the old name: the photo is in the trash (undo refuses), or never was.
+        return FileSide("applied", entry) if entry is not None else FileSide("original")
     if is_placeholder(path):
         if entry is None:
             return FileSide("original")  # an empty file of someone else's: not Loupe's to remove

@@ -69,10 +69,11 @@ class ActionOutcome:
 
 @dataclass(frozen=True)
 class ApplyReport:
-    """What an apply did; ``recovered``: interrupted actions of earlier applies it finished or dropped."""
+    """What an apply did; ``recovered``: interrupted actions of earlier applies it finished or dropped.
+    ``journal`` is None when there was nothing to act on (no journal is written then)."""
 
     action: str
-    journal: Path
+    journal: Path | None  # None: there was nothing to act on, and no journal was written
     outcomes: tuple[ActionOutcome, ...]
     recovered: tuple[ActionOutcome, ...] = field(default=())
 
@@ -82,7 +83,7 @@ class ApplyReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "action": self.action,
-            "journal": str(self.journal),
+            "journal": None if self.journal is None else str(self.journal),
             **outcomes_by_status(self.outcomes),
             "outcomes": [outcome.to_dict() for outcome in self.outcomes],
             "recovered": [outcome.to_dict() for outcome in self.recovered],
@@ -103,6 +104,10 @@ def apply_plan(
             if provenance is None:
                 raise CatalogError(f"no index in {data_dir}: nothing to act on")
             recovered = complete_unfinished(catalog, data_dir, provenance.catalog_id)
+            if not plan.to_act:
+                if recovered:
+                    sync_indexes(catalog, config)
+                return ApplyReport(str(plan.action), None, (), tuple(recovered))
             path = (journal_path or default_journal_path(data_dir)).absolute()
             journal_id = new_journal_id(path)
             header = {

@@ -120,7 +120,7 @@ def plan_actions(
     """The plan of ``action`` on ``groups``: act on each non-keeper scoring at least ``threshold``
     against its keeper (or with the keeper's very bytes), never on a file in a reference folder; a move
     goes to ``DIR/NAME``, or, when that name is taken, ``DIR/`` plus the file's path below the folder
-    that holds all the files moved, never onto an existing file. ``exists`` is how names are checked."""
+    that holds every photo of the groups, never onto an existing file. ``exists`` is how names are checked."""
     references = tuple(Path(os.path.abspath(folder)) for folder in reference_dirs)
     items: list[PlanItem] = []
     for number, group in enumerate(groups, start=1):
@@ -168,13 +168,14 @@ def _decide(
 
 
 def _with_move_targets(items: list[PlanItem], folder: Path, exists: Callable[[str], bool]) -> list[PlanItem]:
-    """``items`` with each move's destination: ``folder/NAME``; on a clash ``folder/`` plus the path below
-    the folder common to every file moved; then ``NAME (2).EXT``, ``(3)``... until the name is free."""
+    """``items`` with each move's destination: ``folder/NAME``; on a clash ``folder/`` plus the file's path
+    below the folder common to every photo of the plan (the collection's top folder, as far as the plan
+    shows it); then ``NAME (2).EXT``, ``(3)``... until the name is free."""
     moving = [item for item in items if item.decision == "act"]
     if not moving:
         return items
     try:
-        common = Path(os.path.commonpath([os.path.dirname(item.path) for item in moving]))
+        common = Path(os.path.commonpath([os.path.dirname(item.path) for item in items]))
     except ValueError:  # different drives (Windows): keep each file's whole path below its drive
         common = None
     claimed: set[str] = set()

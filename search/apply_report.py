@@ -53,9 +53,12 @@ def apply_lines(report: ApplyReport, undo_command: str) -> list[str]:
         f"{report.count('failed')} failed"
     )
     lines.extend(f"  {o.status:<8}  {o.path}: {o.message}" for o in report.outcomes if o.status != "done")
-    lines.append(f"journal: {report.journal}")
-    if report.count("done") or recovered_done:
-        lines.append(f"to undo: {undo_command}")
+    if report.journal is None:
+        lines.append("nothing to act on: no journal written")
+    else:
+        lines.append(f"journal: {report.journal}")
+        if report.count("done"):
+            lines.append(f"to undo: {undo_command}")
     return lines
 
 

@@ -324,7 +324,8 @@ def _apply_duplicates(args: argparse.Namespace, groups: Sequence[Any], threshold
     if args.json:
         print(json.dumps({"dry_run": False, **report.to_dict()}, indent=2))
     else:
-        print("\n".join(apply_lines(report, undo_command(args, report.journal))))
+        command = "" if report.journal is None else undo_command(args, report.journal)
+        print("\n".join(apply_lines(report, command)))
     failed = report.count("failed") + sum(1 for o in report.recovered if o.status == "failed")
     return EXIT_PROBLEMS if failed else EXIT_OK
 

@@ -122,7 +122,12 @@ def _undo(catalog: Catalog, journal: JournalWriter, entry: JournalEntry) -> Undo
         else:
             # Undone before (by an undo killed before it said so), or never changed (failed, interrupted).
             status = "undone" if entry.outcome == "done" else "nothing"
-        if entry.outcome == "done" or status == "undone":
+            if status == "undone" and not _holds(Path(action.path), action.sha256):
+                raise ActionError(
+                    f"{action.path} holds other bytes than the photo this action changed, which Loupe cannot "
+                    "find: its catalog row is left as it is"
+                )
+        if status == "undone":
             catalog_backward(catalog, action)
     except UndoRefusedError as error:
         journal.append({"record": "undo-failed", "seq": action.seq, "message": str(error), "refused": True})
@@ -135,6 +140,13 @@ def _undo(catalog: Catalog, journal: JournalWriter, entry: JournalEntry) -> Undo
     if action.saved_row is not None:
         Path(action.saved_row).unlink(missing_ok=True)
     return UndoOutcome(action.path, status)
+
+
+def _holds(path: Path, sha256: str) -> bool:
+    try:
+        return path.is_file() and sha256_of(path) == sha256
+    except OSError:
+        return False
 
 
 def _drop_holding(data_dir: Path, contents: JournalContents) -> None:
