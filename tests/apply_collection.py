@@ -18,14 +18,15 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image
+from sqlalchemy import text
 
+from indexer.catalog import Catalog, path_from_db
 from indexer.config import LoupeConfig
 from indexer.pipeline import BuildSummary, run_build
 from indexer.report import verify_collection
@@ -81,12 +82,18 @@ def make_photos(photos: Path) -> None:
         os.utime(photos / relative, ns=(original + LATER_NS, original + LATER_NS))
 
 
+def build_collection(root: Path, db_url: str | None = None) -> Collection:
+    """The collection built in ``root`` (its catalog at ``db_url``, default SQLite in ``root/data``)."""
+    make_photos(root / "photos")
+    config = small_config(root / "data", db_url)
+    run_build(config, [root / "photos"], show_progress=False)
+    return Collection(root=root, photos=root / "photos", data=root / "data", config=config)
+
+
 def build_template(root: Path) -> None:
     """Build the collection in ``root/live`` and keep a pristine copy in ``root/template``."""
-    live = root / "live"
-    make_photos(live / "photos")
-    run_build(small_config(live / "data"), [live / "photos"], show_progress=False)
-    shutil.copytree(live, root / "template", symlinks=True)
+    build_collection(root / "live")
+    shutil.copytree(root / "live", root / "template", symlinks=True)
 
 
 def restore(root: Path) -> Collection:
@@ -129,16 +136,18 @@ def tree_state(root: Path) -> dict[str, str]:
 def catalog_rows(collection: Collection) -> dict[int, tuple[Any, ...]]:
     """Every catalog row by id: path, sha256, size, mtime, status, and the sha256 of its embedding and of
     its patch grid (None without one)."""
-    connection = sqlite3.connect(collection.data / "catalog.sqlite")
+    catalog = Catalog.open(collection.config.resolved_db_url, create=False)
     try:
-        rows = connection.execute(
-            "SELECT i.id, i.path, i.sha256, i.size_bytes, i.mtime_ns, i.status, i.embedding, g.data "
-            "FROM images i LEFT JOIN patch_grids g ON g.image_id = i.id"
-        ).fetchall()
+        with catalog.session() as session:
+            rows = session.execute(
+                text(
+                    "SELECT i.id, i.path, i.sha256, i.size_bytes, i.mtime_ns, i.status, i.embedding, g.data "
+                    "FROM images i LEFT JOIN patch_grids g ON g.image_id = i.id"
+                )
+            ).all()
     finally:
-        connection.close()
-    digest = _digest
-    return {row[0]: (*row[1:6], digest(row[6]), digest(row[7])) for row in rows}
+        catalog.close()
+    return {row[0]: (path_from_db(row[1]), *row[2:6], _digest(row[6]), _digest(row[7])) for row in rows}
 
 
 def _digest(data: bytes | None) -> str | None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from indexer.lock import BuildLockedError, exclusive_writer
 from search import file_actions
 from search.apply import apply_plan
 from search.cli import main as search_main
@@ -24,6 +25,7 @@ from tests.apply_collection import (
     THRESHOLD,
     Collection,
     assert_consistent,
+    build_collection,
     build_template,
     catalog_rows,
     freedesktop_trash,
@@ -31,7 +33,7 @@ from tests.apply_collection import (
     restore,
     tree_state,
 )
-from tests.conftest import call_in_process
+from tests.conftest import call_in_process, new_postgres_database
 
 pytestmark = pytest.mark.slow
 
@@ -264,11 +266,16 @@ def test_an_unwritable_target_folder(collection: Collection, tmp_path: Path) -> 
 
 def test_undo_never_overwrites_a_file_that_appeared_since(collection: Collection, search: Run) -> None:
     target = collection.root / "dups"
-    report = apply_plan(plan_for(collection, f"move:{target}"), collection.config)
-    assert report.count("done") == 5 and report.journal is not None
+    data = ["--data-dir", str(collection.data), "--threshold", str(THRESHOLD)]
+    applied = search("duplicates", "--apply", f"move:{target}", "--yes", "--json", *data)
+    assert applied.returncode == 0, applied.stderr
+    report = json.loads(applied.stdout)
+    assert (report["dry_run"], report["done"], report["skipped"], report["failed"]) == (False, 5, 0, 0)
+    assert {o["status"] for o in report["outcomes"]} == {"done"} and report["recovered"] == []
+    journal = Path(report["journal"])
     newcomer = collection.path("copies/rocket-copy.jpg")
     newcomer.write_bytes(b"a new file at the old name")
-    result = search("undo", str(report.journal), "--data-dir", str(collection.data))
+    result = search("undo", str(journal), "--data-dir", str(collection.data))
     assert result.returncode == 1
     assert "4 undone, 0 with nothing to undo, 1 refused, 0 failed" in result.stdout
     assert f"refused   {newcomer}: not restoring {newcomer}: a file has appeared there since" in result.stdout
@@ -276,9 +283,42 @@ def test_undo_never_overwrites_a_file_that_appeared_since(collection: Collection
     assert (target / "rocket-copy.jpg").is_file()
     assert verify_ok(collection)
     newcomer.unlink()
-    retried = search("undo", str(report.journal), "--data-dir", str(collection.data), "--json")
+    retried = search("undo", str(journal), "--data-dir", str(collection.data), "--json")
     assert retried.returncode == 0 and json.loads(retried.stdout)["undone"] == 1
     assert_consistent(collection)
+
+
+def test_apply_and_undo_wait_for_no_build(collection: Collection, search: Run, tmp_path: Path) -> None:
+    plan = plan_for(collection, f"move:{tmp_path / 'dups'}")
+    with exclusive_writer(collection.data, "indexer build"):
+        with pytest.raises(BuildLockedError, match="being written by indexer build"):
+            apply_plan(plan, collection.config)
+        refused = search("duplicates", "--apply", "trash", "--yes", "--data-dir", str(collection.data))
+    assert refused.returncode == 2 and "\nerror: " in refused.stderr and "indexer build" in refused.stderr
+    assert len(catalog_rows(collection)) == 17 and all(collection.path(r).exists() for r in DUPLICATES)
+    assert unfinished_journals(collection.data) == [] and not (collection.data / "journals").exists()
+    report = apply_plan(plan, collection.config)
+    assert report.journal is not None
+    with exclusive_writer(collection.data, "indexer build"), pytest.raises(BuildLockedError):
+        undo_journal(report.journal, collection.config)
+    assert undo_journal(report.journal, collection.config).count("undone") == 5
+
+
+def test_on_a_postgresql_catalog(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Rows keep their ids through a move and come back with them (an explicit id in a serial column)."""
+    collection = build_collection(tmp_path / "pg", new_postgres_database(request))
+    before, rows = tree_state(collection.photos), catalog_rows(collection)
+    journals = []
+    for action in (f"move:{tmp_path / 'dups'}", "symlink"):
+        report = apply_plan(plan_for(collection, action), collection.config)
+        assert report.count("done") == len(DUPLICATES) and report.journal is not None
+        journals.append(report.journal)
+        assert_consistent(collection)
+        undone = undo_journal(report.journal, collection.config)
+        assert undone.complete and undone.count("undone") == len(DUPLICATES)
+        assert tree_state(collection.photos) == before and catalog_rows(collection) == rows
+    assert_consistent(collection)
+    assert len(set(journals)) == 2
 
 
 def verify_ok(collection: Collection) -> bool:
