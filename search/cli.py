@@ -331,10 +331,12 @@ def _apply_duplicates(args: argparse.Namespace, groups: Sequence[Any], threshold
 
 
 def undo_command(args: argparse.Namespace, journal: Path) -> str:
-    """The command that undoes an apply journaled in ``journal``, with the collection flags given."""
+    """The command that undoes an apply journaled in ``journal`` (``loupe undo`` when run as ``loupe``),
+    with the collection flags given."""
     from indexer.catalog import redact_url
 
-    words = ["python -m search undo", str(journal)]
+    command = "loupe" if Path(sys.argv[0]).name == "loupe" else "python -m search"
+    words = [f"{command} undo", str(journal)]
     if args.config is not None:
         words += ["--config", str(args.config.absolute())]
     if args.data_dir is not None:
