@@ -110,6 +110,7 @@ def apply_plan(
                 return ApplyReport(str(plan.action), None, (), tuple(recovered))
             path = (journal_path or default_journal_path(data_dir)).absolute()
             journal_id = new_journal_id(path)
+            holding = holding_dir(data_dir, journal_id).resolve()
             header = {
                 "id": journal_id,
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -118,15 +119,18 @@ def apply_plan(
                 "reference": [str(folder) for folder in plan.reference_dirs],
                 "data_dir": str(data_dir.resolve()),
                 "catalog_id": provenance.catalog_id,
-                "holding_dir": str(holding_dir(data_dir, journal_id).resolve()),
+                "holding_dir": str(holding),
             }
-            with JournalWriter.create(path, header) as journal:
-                mark_unfinished(data_dir, journal_id, path)
-                holding = holding_dir(data_dir, journal_id).resolve()
-                runner = _Runner(catalog, journal, journal_id, holding, plan.action.kind)
-                items = tqdm(plan.to_act, desc="acting", unit="file", disable=not show_progress)
-                outcomes = tuple(runner.act(item, seq) for seq, item in enumerate(items, start=1))
-                journal.append({"record": "end", **outcomes_by_status(outcomes)})
+            try:
+                with JournalWriter.create(path, header) as journal:
+                    mark_unfinished(data_dir, journal_id, path)
+                    runner = _Runner(catalog, journal, journal_id, holding, plan.action.kind)
+                    items = tqdm(plan.to_act, desc="acting", unit="file", disable=not show_progress)
+                    outcomes = tuple(runner.act(item, seq) for seq, item in enumerate(items, start=1))
+                    journal.append({"record": "end", **outcomes_by_status(outcomes)})
+            except BaseException:
+                sync_after_error(catalog, config)
+                raise
             mark_finished(data_dir, journal_id)
             sync_indexes(catalog, config)
         finally:
@@ -142,22 +146,36 @@ def sync_indexes(catalog: Catalog, config: LoupeConfig) -> None:
         sync_index(catalog, config.data_dir, config.patches.index, patches)
 
 
+def sync_after_error(catalog: Catalog, config: LoupeConfig) -> None:
+    """Sync the FAISS files with what was committed before an error stopped the work (so ``verify`` keeps
+    passing); a failure here is logged, never allowed to hide the error that stopped the work."""
+    try:
+        sync_indexes(catalog, config)
+    except Exception as error:  # the error in flight is the one to report
+        logger.warning("could not sync the index files after the error (run `indexer reindex`): %s", error)
+
+
 def complete_unfinished(catalog: Catalog, data_dir: Path, catalog_id: str) -> list[ActionOutcome]:
     """Finish the interrupted actions of earlier applies on this catalog: the catalog half of those whose
     file change happened (``done``), nothing for the others (``abandoned``, planned again later)."""
     outcomes: list[ActionOutcome] = []
     for path in unfinished_journals(data_dir):
-        contents = read_journal(path)
-        if contents.header.get("catalog_id") != catalog_id:
-            logger.warning("%s is the journal of another catalog; leaving it alone", path)
+        try:
+            contents = read_journal(path)
+            if contents.header.get("catalog_id") != catalog_id:
+                logger.warning("%s is the journal of another catalog; leaving it alone", path)
+                continue
+            if contents.undo_started and not contents.undo_ended:
+                logger.warning("an undo of %s was interrupted: run `search undo %s` again to finish it", path, path)
+                continue
+            with JournalWriter.reopen(path) as journal:
+                outcomes.extend(_complete(catalog, journal, entry) for entry in contents.interrupted)
+                if not contents.ended:
+                    journal.append({"record": "end", "recovered": True})
+        except (LoupeError, OSError) as error:
+            # One journal that cannot be finished must not stop every later apply: it stays listed.
+            logger.warning("cannot finish the interrupted apply of %s: %s", path, error)
             continue
-        if contents.undo_started and not contents.undo_ended:
-            logger.warning("an undo of %s was interrupted: run `search undo %s` again to finish it", path, path)
-            continue
-        with JournalWriter.reopen(path) as journal:
-            outcomes.extend(_complete(catalog, journal, entry) for entry in contents.interrupted)
-            if not contents.ended:
-                journal.append({"record": "end", "recovered": True})
         mark_finished(data_dir, contents.journal_id)
         logger.info("finished the interrupted apply of %s", path)
     return outcomes

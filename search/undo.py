@@ -23,7 +23,7 @@ from indexer.config import LoupeConfig
 from indexer.errors import CatalogError
 from indexer.lock import exclusive_writer
 from search.action_steps import ActionError, UndoRefusedError, catalog_backward, settle, undo_file
-from search.apply import sync_indexes
+from search.apply import sync_after_error, sync_indexes
 from search.file_actions import os_message, sha256_of
 from search.journal import (
     JournalContents,
@@ -91,15 +91,19 @@ def undo_journal(journal_path: Path, config: LoupeConfig) -> UndoReport:
                     f"{journal_path} records changes to catalog {contents.header.get('catalog_id')}, not to the "
                     f"catalog of {config.data_dir} ({provenance.catalog_id}): pass that collection's --data-dir"
                 )
-            with JournalWriter.reopen(journal_path) as journal:
-                journal.append({"record": "undo-start", "at": datetime.now(UTC).isoformat(timespec="seconds")})
-                outcomes = tuple(
-                    _undo(catalog, journal, entry)
-                    for entry in sorted(contents.entries.values(), key=lambda e: -e.action.seq)
-                    if entry.undo != "undone"
-                )
-                report = UndoReport(journal_path, outcomes)
-                journal.append({"record": "undo-end", "complete": report.complete})
+            try:
+                with JournalWriter.reopen(journal_path) as journal:
+                    journal.append({"record": "undo-start", "at": datetime.now(UTC).isoformat(timespec="seconds")})
+                    outcomes = tuple(
+                        _undo(catalog, journal, entry)
+                        for entry in sorted(contents.entries.values(), key=lambda e: -e.action.seq)
+                        if entry.undo != "undone"
+                    )
+                    report = UndoReport(journal_path, outcomes)
+                    journal.append({"record": "undo-end", "complete": report.complete})
+            except BaseException:
+                sync_after_error(catalog, config)
+                raise
             mark_finished(config.data_dir, contents.journal_id)
             if report.complete:
                 _drop_holding(config.data_dir, contents)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from search.apply_plan import ActionSpec, ActionSpecError, parse_action, plan_actions
+from search.cli import main as search_main
 from search.duplicates import DuplicateGroup, DuplicateMember
 from search.journal import (
     ActionRecord,
@@ -20,6 +21,7 @@ from search.journal import (
     read_journal,
     unfinished_journals,
 )
+from tests.conftest import call_in_process
 
 
 def member(id_: int, path: Path, score: float, *, exact: bool = False, original: bool = False) -> DuplicateMember:
@@ -113,6 +115,19 @@ def test_links_already_made_are_left_alone(tmp_path: Path) -> None:
         ("act", ""),
     ]
     assert plan.items[2].target == str(keeper)
+
+
+def test_cli_flags_that_need_apply(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    for args, message in [
+        (["--yes"], "--yes and --journal go with --apply ACTION"),
+        (["--journal", "j.jsonl"], "--yes and --journal go with --apply ACTION"),
+        (["--apply", "trash", "--csv"], "--csv lists groups"),
+    ]:
+        result = call_in_process(search_main, capsys, ["duplicates", *args, "--data-dir", str(tmp_path)], tmp_path)
+        assert result.returncode == 2 and result.stderr.startswith(f"error: {message}"), result.stderr
+    bad = call_in_process(search_main, capsys, ["duplicates", "--apply", "delete"], tmp_path)
+    assert bad.returncode == 2 and "expected move:DIR, trash, hardlink or symlink, got 'delete'" in bad.stderr
+    assert not list(tmp_path.iterdir())
 
 
 def record(seq: int, path: str = "/photos/a.jpg") -> ActionRecord:
