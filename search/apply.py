@@ -248,7 +248,7 @@ class _Runner:
             raise _Skip("its bytes changed since it was indexed (sha256 differs): run build, then plan again")
         keeper_sha256 = self._keeper(item)
         kind = self.kind
-        if kind == "hardlink" and os.stat(item.path).st_dev != os.stat(item.keeper).st_dev:
+        if kind == "hardlink" and not _same_device(item.path, item.keeper):
             raise _Skip(f"on another file system than its keeper {item.keeper}: a hard link cannot cross them")
         if kind == "move" and item.target is None:
             raise _Skip("the plan has no destination for it")
@@ -303,6 +303,13 @@ class _Skip(Exception):
         super().__init__(reason)
         self.reason = reason
         self.error = error
+
+
+def _same_device(first: str, second: str) -> bool:
+    try:
+        return os.stat(first).st_dev == os.stat(second).st_dev
+    except OSError as error:
+        raise _Skip(f"cannot read it: {os_message(error)}", error=True) from error
 
 
 def _verb(action: ActionRecord) -> str:
