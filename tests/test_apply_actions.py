@@ -94,7 +94,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(collection: Collection, sea
 
 def test_move_then_undo(collection: Collection, search: Run, tmp_path: Path) -> None:
     before, rows = tree_state(collection.photos), catalog_rows(collection)
-    dups = tmp_path / "new" / "dups"  # missing: created
+    dups = tmp_path / "new" / "dups"
     dups.mkdir(parents=True)
     # A file of someone's own with the name of one moved: never overwritten, the move keeps its folder.
     (dups / "rocket-copy.jpg").write_bytes(b"not a photo of Loupe's")
