@@ -249,6 +249,8 @@ class SearchConfig:
     max_query_pixels: int = _checked(100_000_000, _at_least(1))
     rescore_candidates: int = _checked(100, _at_least(0))
     robust: RobustConfig = RobustConfig()
+    # Folders whose photos `duplicates --apply` never acts on (see config.yaml).
+    reference_folders: tuple[Path, ...] = ()
 
 
 def _port(value: Any) -> str | None:

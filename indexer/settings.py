@@ -175,6 +175,9 @@ def resolve_settings(
                 models_dir_source = Source.CONFIG_FILE
             if model.get("weights") not in (None, "pretrained", "random"):
                 model["weights"] = _relative_to(base, model["weights"])
+        search = data.get("search")
+        if isinstance(search, dict) and isinstance(search.get("reference_folders"), list):
+            search["reference_folders"] = [_relative_to(base, folder) for folder in search["reference_folders"]]
         if data.get("db_url") is not None:
             db_url_source = Source.CONFIG_FILE
         try:

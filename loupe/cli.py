@@ -32,7 +32,9 @@ EPILOG = """examples:
   loupe similar /photos/2019/img_0042.jpg --under /photos/2020 --json
   loupe region poster.jpg --box 120,80,360,300 --json
   loupe duplicates --threshold 0.97 --csv > duplicates.csv
+  loupe duplicates --apply move:/photos/duplicates --yes
   loupe lookup incoming/ -k 3 --csv matches.csv
+  loupe undo ~/.local/share/loupe/journals/apply-20260101-120000.jsonl
   loupe ui --port 8502 --data-dir /archive/loupe-data
 
 `loupe COMMAND --help` lists a command's flags.

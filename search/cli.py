@@ -1,4 +1,4 @@
-"""``python -m search``: query, similar, duplicates, lookup.
+"""``python -m search``: query, similar, region, duplicates (and acting on them), lookup, undo.
 
 Tables for people, ``--json`` (and ``--csv`` where rows make sense) for scripts. Errors are one line on
 stderr with exit code 2.
@@ -28,6 +28,7 @@ from indexer.cli import (
 from indexer.config import LoupeConfig, RobustConfig
 from indexer.errors import LoupeError
 from indexer.report import RANDOM_WEIGHTS_WARNING
+from search.apply_cli import add_apply_arguments, apply_duplicates, main_undo, setup_undo
 
 logger = logging.getLogger(__name__)
 
@@ -217,6 +218,7 @@ def setup_duplicates(parser: argparse.ArgumentParser) -> None:
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON")
     output.add_argument("--csv", action="store_true", help="print CSV, one row per photo")
+    add_apply_arguments(parser)
     add_collection_arguments(parser)
 
 
@@ -246,6 +248,11 @@ def write_duplicates_csv(groups: Sequence[Any], out: IO[str]) -> None:
 def main_duplicates(args: argparse.Namespace) -> int:
     from search.duplicates import find_duplicate_groups
 
+    if args.apply is None:
+        if args.yes or args.journal is not None:
+            raise LoupeError("--yes and --journal go with --apply ACTION")
+    elif args.csv:
+        raise LoupeError("--csv lists groups; a plan prints as a table or, with --json, as JSON")
     engine = _open(args)
     try:
         threshold = args.threshold if args.threshold is not None else engine.near_duplicate_threshold().threshold
@@ -258,6 +265,8 @@ def main_duplicates(args: argparse.Namespace) -> int:
             groups = find_duplicate_groups(engine, threshold)
     finally:
         engine.close()
+    if args.apply is not None:
+        return apply_duplicates(args, engine.config, groups, threshold)
     if args.json:
         print(json.dumps({"threshold": threshold, "groups": [g.to_dict() for g in groups]}, indent=2))
     elif args.csv:
@@ -340,6 +349,7 @@ COMMANDS: dict[str, Command] = {
     "region": ("photos that contain a region of an image, with the matched box", setup_region, main_region),
     "duplicates": ("groups of near-identical photos, suggested original first", setup_duplicates, main_duplicates),
     "lookup": ("best matches for every image in a folder of queries", setup_lookup, main_lookup),
+    "undo": ("reverse a duplicates --apply, file by file, from its journal", setup_undo, main_undo),
 }
 
 EPILOG = """examples:
@@ -347,6 +357,9 @@ EPILOG = """examples:
   python -m search similar /photos/2019/img_0042.jpg --under /photos/2020 --json
   python -m search region poster.jpg --box 120,80,360,300 --json
   python -m search duplicates --threshold 0.97 --csv > duplicates.csv
+  python -m search duplicates --apply move:/photos/duplicates --reference /photos/originals   # dry run
+  python -m search duplicates --apply trash --yes
+  python -m search undo ~/.local/share/loupe/journals/apply-20260101-120000.jsonl
   python -m search lookup incoming/ -k 3 --csv matches.csv
 """
 

@@ -58,16 +58,22 @@ class DuplicateMember:
 
 @dataclass(frozen=True)
 class DuplicateGroup:
-    """Near-identical photos, the suggested original first."""
+    """Near-identical photos, the suggested original (the keeper) first. ``keeper_rule`` names the rule
+    that chose the keeper ("pixels": most pixels, then the oldest file, then the path)."""
 
     members: list[DuplicateMember]
+    keeper_rule: str = "pixels"
 
     @property
     def original(self) -> DuplicateMember:
         return self.members[0]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"size": len(self.members), "members": [member.to_dict() for member in self.members]}
+        return {
+            "size": len(self.members),
+            "keeper_rule": self.keeper_rule,
+            "members": [member.to_dict() for member in self.members],
+        }
 
 
 def suggested_original_key(photo: PhotoRecord) -> tuple[int, int, str]:

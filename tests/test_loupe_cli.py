@@ -60,7 +60,7 @@ def test_help_lists_every_command_with_its_purpose_and_examples(
         "region",
         "duplicates",
     ]
-    assert list(listed) == [*expected, "lookup", "ui"]
+    assert list(listed) == [*expected, "lookup", "undo", "ui"]
     assert listed == {name: purpose for name, (purpose, _, _) in loupe_cli.COMMANDS.items()}
     assert "--version" in result.stdout
     examples = result.stdout.split("examples:\n", 1)[1]
