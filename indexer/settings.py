@@ -11,10 +11,11 @@ agree. Precedence, first match wins:
 - models dir: the config file's ``model.models_dir`` > ``./models`` when it holds the pretrained weights
   file > the per-user cache dir.
 
-Relative paths in a config file (``data_dir``, ``model.models_dir``, a ``model.weights`` file) are taken
-from the folder of that file, so a file means the same from any working directory. One exception keeps
-old set-ups working: when the file's relative ``data_dir`` does not exist there but does under the
-working directory (the rule of earlier versions), that one is used and the command says so.
+Relative paths in a config file (``data_dir``, ``model.models_dir``, a ``model.weights`` file,
+``search.reference_folders``) are taken from the folder of that file, so a file means the same from any
+working directory. One exception keeps old set-ups working: when the file's relative ``data_dir`` does
+not exist there but does under the working directory (the rule of earlier versions), that one is used and
+the command says so.
 """
 
 from __future__ import annotations
@@ -175,6 +176,9 @@ def resolve_settings(
                 models_dir_source = Source.CONFIG_FILE
             if model.get("weights") not in (None, "pretrained", "random"):
                 model["weights"] = _relative_to(base, model["weights"])
+        search = data.get("search")
+        if isinstance(search, dict) and isinstance(search.get("reference_folders"), list):
+            search["reference_folders"] = [_relative_to(base, folder) for folder in search["reference_folders"]]
         if data.get("db_url") is not None:
             db_url_source = Source.CONFIG_FILE
         try:

@@ -28,6 +28,7 @@ from indexer.cli import (
 from indexer.config import LoupeConfig, RobustConfig
 from indexer.errors import LoupeError
 from indexer.report import RANDOM_WEIGHTS_WARNING
+from search.decisions_cli import add_decision_arguments, run_decision, wants_decision
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +197,30 @@ def main_region(args: argparse.Namespace) -> int:
 
 # duplicates --------------------------------------------------------------------------------------
 
-DUPLICATE_CSV_FIELDS = ["group", "member", "original", "exact", "score", "width", "height", "size_bytes", "id", "path"]
+DUPLICATE_CSV_FIELDS = [
+    "group",
+    "member",
+    "original",
+    "exact",
+    "score",
+    "width",
+    "height",
+    "size_bytes",
+    "id",
+    "path",
+    "keeper_rule",
+    "file_format",
+    "capture_time",
+    "camera_make",
+    "camera_model",
+]
+
+
+def _folder(text: str) -> Path:
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"not a folder: {text}")
+    return path
 
 
 def setup_duplicates(parser: argparse.ArgumentParser) -> None:
@@ -206,14 +230,24 @@ def setup_duplicates(parser: argparse.ArgumentParser) -> None:
         help="cosine similarity that makes two photos duplicates (default: the collection's calibrated threshold, "
         "else config search.near_duplicate_threshold)",
     )
+    parser.add_argument(
+        "--reference",
+        action="append",
+        type=_folder,
+        metavar="DIR",
+        help="a reference folder (repeatable): its photos are kept first, by the keeper rule 'reference' "
+        "(config: search.reference_folders, search.keeper_rules)",
+    )
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON")
     output.add_argument("--csv", action="store_true", help="print CSV, one row per photo")
+    add_decision_arguments(parser)
     add_collection_arguments(parser)
 
 
 def write_duplicates_csv(groups: Sequence[Any], out: IO[str]) -> None:
-    """One CSV row per photo: group number, position (0 = suggested original), and its facts."""
+    """One CSV row per photo: group number, position (0 = suggested original), its facts and the keeper
+    rule that chose its group's original."""
     writer = csv.writer(out)
     writer.writerow(DUPLICATE_CSV_FIELDS)
     for number, group in enumerate(groups, start=1):
@@ -230,17 +264,31 @@ def write_duplicates_csv(groups: Sequence[Any], out: IO[str]) -> None:
                     m.size_bytes,
                     m.id,
                     m.path,
+                    group.keeper_rule,
+                    m.file_format or "",
+                    "" if m.capture_time is None else m.capture_time.isoformat(),
+                    m.camera_make or "",
+                    m.camera_model or "",
                 ]
             )
+
+
+def _member_line(m: Any) -> str:
+    kind = "original" if m.original else ("exact copy" if m.exact else f"{m.score:.4f}")
+    taken = "" if m.capture_time is None else m.capture_time.strftime("%Y-%m-%d %H:%M")
+    return f"  {kind:>10}  {m.file_format or '?':<6}  {taken:<16}  {f'{m.width}x{m.height}':>11}  {m.path}"
 
 
 def main_duplicates(args: argparse.Namespace) -> int:
     from search.duplicates import find_duplicate_groups
 
+    if wants_decision(args):
+        run_decision(args, _config(args), sys.stdout)
+        return EXIT_OK
     engine = _open(args)
     try:
         threshold = args.threshold if args.threshold is not None else engine.near_duplicate_threshold().threshold
-        groups = find_duplicate_groups(engine, threshold)
+        groups = find_duplicate_groups(engine, threshold, reference_folders=args.reference)
     finally:
         engine.close()
     if args.json:
@@ -254,10 +302,9 @@ def main_duplicates(args: argparse.Namespace) -> int:
             "against its group's original, or is an exact copy of it"
         )
         for number, group in enumerate(groups, start=1):
-            print(f"group {number} ({len(group.members)} photos)")
+            print(f"group {number} ({len(group.members)} photos, original chosen by: {group.keeper_rule})")
             for m in group.members:
-                kind = "original" if m.original else ("exact copy" if m.exact else f"{m.score:.4f}")
-                print(f"  {kind:>10}  {f'{m.width}x{m.height}':>11}  {m.path}")
+                print(_member_line(m))
     return EXIT_OK
 
 
@@ -331,6 +378,9 @@ EPILOG = """examples:
   python -m search similar /photos/2019/img_0042.jpg --under /photos/2020 --json
   python -m search region poster.jpg --box 120,80,360,300 --json
   python -m search duplicates --threshold 0.97 --csv > duplicates.csv
+  python -m search duplicates --reference /photos/originals --json
+  python -m search duplicates --dismiss /photos/a.jpg /photos/b.jpg
+  python -m search duplicates --keep /photos/2019/img_0042.jpg
   python -m search lookup incoming/ -k 3 --csv matches.csv
 """
 
