@@ -136,14 +136,15 @@ def dismiss(catalog: Catalog, photos: Sequence[PhotoRecord]) -> tuple[list[Pair]
     pairs = dismissed_pairs_among(photos)
     now = _now()
     with catalog.session() as session, session.begin():
-        existing = set(
-            session.execute(
+        existing = {
+            (str(a), str(b))
+            for a, b in session.execute(
                 select(DuplicateDecisionRecord.sha256_a, DuplicateDecisionRecord.sha256_b).where(
                     DuplicateDecisionRecord.kind == DISMISS,
                     tuple_(DuplicateDecisionRecord.sha256_a, DuplicateDecisionRecord.sha256_b).in_(pairs),
                 )
-            ).tuples()
-        )
+            )
+        }
         fresh = [pair for pair in pairs if pair not in existing]
         session.add_all(DuplicateDecisionRecord(kind=DISMISS, sha256_a=a, sha256_b=b, created_at=now) for a, b in fresh)
     logger.info("dismissed %d pairs (%d already)", len(fresh), len(pairs) - len(fresh))
