@@ -198,8 +198,8 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     decisions = status.get("duplicate_decisions")
     if decisions is not None and (decisions["dismissed_pairs"] or decisions["pinned_keepers"]):
         lines.append(
-            f"decisions    {decisions['dismissed_pairs']} pairs dismissed as not duplicates, "
-            f"{decisions['pinned_keepers']} keepers pinned (python -m search duplicates --decisions lists them)"
+            f"decisions    {decisions['dismissed_pairs']} dismissed pair(s) of not-duplicates, "
+            f"{decisions['pinned_keepers']} pinned keeper(s) (python -m search duplicates --decisions lists them)"
         )
     if status["random_weights"]:
         lines.append(f"WARNING: {RANDOM_WEIGHTS_WARNING}")

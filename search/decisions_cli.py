@@ -123,14 +123,14 @@ def _lines(report: dict[str, Any]) -> list[str]:
     action = report["action"]
     if action == "dismiss":
         lines = [
-            f"dismissed {len(report['stored'])} pairs: they are not offered as duplicates of each other again "
+            f"dismissed {_pairs(len(report['stored']))}: not offered as duplicates of each other again "
             "(undo: --undismiss)"
         ]
         lines += [f"  {a}  !=  {b}" for a, b in report["stored"]]
         lines += [f"  {a}  !=  {b}  (already dismissed)" for a, b in report["already"]]
         return lines
     if action == "undismiss":
-        return [f"withdrew {report['removed']} dismissed pairs among {len(report['photos'])} photos"]
+        return [f"withdrew {_pairs(report['removed'])} among {len(report['photos'])} photos: dismissed no longer"]
     if action == "keep":
         state = "was pinned already; now the most recent pin" if report["already"] else "pinned"
         return [f"{report['path']}: {state} as the keeper of its group (undo: --unkeep)"]
@@ -143,8 +143,12 @@ def _lines(report: dict[str, Any]) -> list[str]:
     for decision in decisions:
         shown = [_content_line(content) for content in decision["contents"]]
         what = "not duplicates: " + "  !=  ".join(shown) if decision["kind"] == DISMISS else "keeper: " + shown[0]
-        lines.append(f"{decision['created_at'][:19]}  {what}")
+        lines.append(f"{decision['created_at'][:16].replace('T', ' ')} UTC  {what}")
     return lines
+
+
+def _pairs(count: int) -> str:
+    return f"{count} pair" + ("" if count == 1 else "s")
 
 
 def _content_line(content: dict[str, Any]) -> str:

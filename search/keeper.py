@@ -6,8 +6,8 @@ between photos the rules before it found equal:
 
 - ``reference``: a photo below a reference folder (``search.reference_folders``, ``duplicates
   --reference``); below the first folder listed before the second;
-- ``format``: the better file format (:data:`FORMAT_TIERS`: RAW, then lossless, then a camera's own
-  HEIF or JPEG, then web formats, then GIF);
+- ``format``: the better file format (:data:`FORMAT_TIERS`: RAW, then lossless, then a phone's HEIF, then
+  a camera's JPEG, then web formats, then GIF);
 - ``pixels``: more pixels;
 - ``capture_date``: the oldest capture time: EXIF's, else the file's modification time read as the
   computer's local time (EXIF times are a camera's wall clock, without a zone);
@@ -24,11 +24,13 @@ photo that would have been kept without the keeper).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -73,16 +75,28 @@ def format_rank(file_format: str | None) -> int:
     return _FORMAT_RANK.get(file_format.upper(), len(FORMAT_TIERS))
 
 
-def capture_moment(photo: PhotoRecord) -> datetime:
-    """When the photo was taken: its EXIF capture time, else its file's mtime as local wall-clock time."""
-    if photo.capture_time is not None:
-        return photo.capture_time.replace(tzinfo=None)
+_EPOCH = datetime(1970, 1, 1)
+_MICROSECOND = timedelta(microseconds=1)
+# Zones change their UTC offset on the hour or the half hour: one offset per quarter hour is exact.
+_OFFSET_STEP_S = 900
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _local_offset_s(step: int) -> int:
+    """The computer's UTC offset, in seconds, during the quarter hour ``step`` since 1970."""
     try:
-        return datetime.fromtimestamp(photo.mtime_ns // 1_000_000_000).replace(
-            microsecond=photo.mtime_ns % 1_000_000_000 // 1_000
-        )
-    except (OverflowError, OSError, ValueError):  # an mtime no calendar holds: the newest possible
-        return datetime.max
+        return time.localtime(step * _OFFSET_STEP_S).tm_gmtoff
+    except (OverflowError, OSError, ValueError):  # a time no calendar holds
+        return 0
+
+
+def capture_key(photo: PhotoRecord) -> int:
+    """When the photo was taken, as wall-clock microseconds since 1970: its EXIF capture time, else its
+    file's mtime read as the computer's local time (what a camera's clock shows), so that the two compare."""
+    if photo.capture_time is not None:
+        return (photo.capture_time.replace(tzinfo=None) - _EPOCH) // _MICROSECOND
+    seconds = photo.mtime_ns // 1_000_000_000
+    return photo.mtime_ns // 1_000 + _local_offset_s(seconds // _OFFSET_STEP_S) * 1_000_000
 
 
 def check_rules(rules: Sequence[str]) -> tuple[str, ...]:
@@ -116,15 +130,19 @@ class KeeperPolicy:
     names: tuple[str, ...] = field(init=False, repr=False)
     _prefixes: tuple[str, ...] = field(init=False, repr=False)
     _pin_rank: dict[str, int] = field(init=False, repr=False, compare=False)
+    _values: tuple[Callable[[PhotoRecord], Any], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         rules = check_rules(self.rules)
-        object.__setattr__(self, "names", (PINNED, *rules, *(() if PATH in rules else (PATH,))))
+        names = (PINNED, *rules, *(() if PATH in rules else (PATH,)))
+        object.__setattr__(self, "names", names)
         object.__setattr__(self, "_prefixes", tuple(_folder(folder) for folder in self.reference_folders))
         ranks: dict[str, int] = {}
         for rank, sha256 in enumerate(self.pinned):
             ranks.setdefault(sha256, rank)
         object.__setattr__(self, "_pin_rank", ranks)
+        # One function per name, chosen once: keys are computed for every photo that has a similar pair.
+        object.__setattr__(self, "_values", tuple(self._value_of(name) for name in names))
 
     @classmethod
     def from_settings(
@@ -150,25 +168,32 @@ class KeeperPolicy:
         """Whether ``path`` lies below one of the reference folders."""
         return any(path.startswith(prefix) for prefix in self._prefixes)
 
-    def _value(self, name: str, photo: PhotoRecord) -> Any:
+    def _value_of(self, name: str) -> Callable[[PhotoRecord], Any]:
+        """The function giving a photo's value under the rule ``name`` (smaller is better)."""
         if name == PINNED:
-            return self._pin_rank.get(photo.sha256, len(self._pin_rank))
+            ranks, unpinned = self._pin_rank, len(self._pin_rank)
+            return lambda photo: ranks.get(photo.sha256, unpinned)
         if name == "reference":
-            below = (i for i, prefix in enumerate(self._prefixes) if photo.path.startswith(prefix))
-            return next(below, len(self._prefixes))
+            prefixes = self._prefixes
+
+            def reference(photo: PhotoRecord) -> int:
+                below = (i for i, prefix in enumerate(prefixes) if photo.path.startswith(prefix))
+                return next(below, len(prefixes))
+
+            return reference
         if name == "format":
-            return format_rank(photo.file_format)
+            return lambda photo: format_rank(photo.file_format)
         if name == "pixels":
-            return -(photo.width * photo.height)
+            return lambda photo: -(photo.width * photo.height)
         if name == "capture_date":
-            return capture_moment(photo)
+            return capture_key
         if name == "file_size":
-            return -photo.size_bytes
-        return (len(photo.path), photo.path)  # PATH
+            return lambda photo: -photo.size_bytes
+        return lambda photo: (len(photo.path), photo.path)  # PATH
 
     def key(self, photo: PhotoRecord) -> tuple[Any, ...]:
         """Sort key: the better keeper sorts first (ties broken by id, which no two photos share)."""
-        return (*(self._value(name, photo) for name in self.names), photo.id)
+        return (*[value(photo) for value in self._values], photo.id)
 
     def order(self, photos: Iterable[PhotoRecord]) -> list[PhotoRecord]:
         """``photos`` from the best keeper to the worst."""
@@ -176,7 +201,7 @@ class KeeperPolicy:
 
     def decided_by(self, keeper: PhotoRecord, runner_up: PhotoRecord) -> str:
         """The first rule (or ``pinned``) on which ``keeper`` beats ``runner_up``, the next photo in order."""
-        for name in self.names:
-            if self._value(name, keeper) != self._value(name, runner_up):
+        for name, value in zip(self.names, self._values, strict=True):
+            if value(keeper) != value(runner_up):
                 return name
         return PATH

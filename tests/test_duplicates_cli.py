@@ -98,7 +98,7 @@ def test_keeper_rules_and_decisions_end_to_end(tmp_path: Path, capsys: pytest.Ca
         cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert dismissed.returncode == 0, dismissed.stderr
-    assert dismissed.stdout.startswith("dismissed 1 pairs") and "Traceback" not in dismissed.stderr
+    assert dismissed.stdout.startswith("dismissed 1 pair:") and "Traceback" not in dismissed.stderr
     assert set(_groups(capsys, data)) == {"moon-copy.jpg"}
 
     # Moved and renamed, the photo keeps its decision: it is keyed by content.
@@ -112,7 +112,7 @@ def test_keeper_rules_and_decisions_end_to_end(tmp_path: Path, capsys: pytest.Ca
     assert "not duplicates: " in listed.stdout and "renamed.jpg" in listed.stdout
 
     undo = _run(capsys, data, "--undismiss", str(elsewhere / "renamed.jpg"), str(photos / "camera.jpg"))
-    assert undo.returncode == 0 and "withdrew 1 dismissed pairs" in undo.stdout
+    assert undo.returncode == 0 and "withdrew 1 pair among 2 photos" in undo.stdout
     assert _names(_groups(capsys, data)["camera.jpg"]) == ["camera.jpg", "renamed.jpg"]
 
     # A pinned keeper beats every rule, until unpinned.

@@ -13,7 +13,7 @@ import pytest
 from indexer.catalog import PhotoRecord
 from indexer.config import KEEPER_RULE_NAMES, SearchConfig, config_from_mapping
 from indexer.errors import ConfigError
-from search.keeper import FORMAT_TIERS, KeeperPolicy, capture_moment, format_rank
+from search.keeper import FORMAT_TIERS, KeeperPolicy, capture_key, format_rank
 
 # 2019-07-01 local time, as a file's mtime
 MTIME_2019 = int(datetime(2019, 7, 1, 9, 0).timestamp()) * 1_000_000_000
@@ -85,7 +85,9 @@ def test_the_shortest_path_breaks_the_last_tie() -> None:
 
 def test_capture_date_falls_back_to_the_file_time() -> None:
     undated_old = _other(capture_time=None, mtime_ns=int(datetime(2012, 1, 1).timestamp()) * 1_000_000_000)
-    assert capture_moment(undated_old) == datetime(2012, 1, 1)
+    # The mtime is read as local wall-clock time, like an EXIF time: the same moment gives the same key.
+    assert capture_key(undated_old) == capture_key(replace(undated_old, capture_time=datetime(2012, 1, 1)))
+    assert capture_key(replace(undated_old, mtime_ns=undated_old.mtime_ns + 1_000)) == capture_key(undated_old) + 1
     assert _decide(KeeperPolicy(), BASE, undated_old) == (2, "capture_date")
     # An undated photo whose file is newer than BASE's capture loses to BASE, on the same rule.
     undated_new = _other(capture_time=None, mtime_ns=MTIME_2019 + 3_600_000_000_000)
