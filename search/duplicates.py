@@ -114,7 +114,7 @@ def dismissed_mask(photos: Sequence[PhotoRecord], a: Ids, b: Ids, dismissed: fro
     """Which of the position pairs ``a[i]``-``b[i]`` (into ``photos``; -1: absent) join two contents the
     curator dismissed. One pass over the photos, then whole-array work over the pairs."""
     involved = sorted({sha for pair in dismissed for sha in pair})
-    if not involved or not len(a):
+    if not involved or not len(a) or not photos:
         return np.zeros(len(a), dtype=bool)
     code = {sha: number for number, sha in enumerate(involved)}
     codes = np.fromiter((code.get(photo.sha256, -1) for photo in photos), dtype=np.int64, count=len(photos))

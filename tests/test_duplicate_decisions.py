@@ -183,4 +183,5 @@ def test_dismissed_pairs_are_masked_in_both_directions() -> None:
     # 0-1 and 1-0 (a-b), 3-1 (a's copy with b) are dismissed; b-c, c-a, an absent photo and a-a are not.
     assert dismissed_mask(photos, a, b, dismissed).tolist() == [True, True, False, True, False, False, False]
     assert not dismissed_mask(photos, a, b, frozenset()).any()
+    assert not dismissed_mask([], np.array([-1]), np.array([-1]), dismissed).any()  # rows gone meanwhile
     assert positions_of(np.array([5, 3]), np.array([3])).tolist() == [1]
