@@ -108,3 +108,15 @@ def test_an_unreadable_file_is_an_os_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff" + b"\x00" * 20)
     assert read_metadata(bad, supported_formats()) is None
+
+
+def test_jpegs_left_for_the_gpu_decoder_carry_their_metadata_too(tmp_path: Path) -> None:
+    from indexer.reader import WorkItem, read_one
+
+    path = tmp_path / "camera.jpg"
+    path.write_bytes(_encode("JPEG", _exif()))
+    item = WorkItem(str(path), path.stat().st_size, path.stat().st_mtime_ns)
+    on_device = read_one(item, 64, LIMITS, frozenset(), device_jpeg_min_pixels=1)
+    assert on_device.jpeg is not None and on_device.pixels is None  # left compressed for nvJPEG
+    on_cpu = read_one(item, 64, LIMITS, frozenset())
+    assert on_device.metadata == on_cpu.metadata == PhotoMetadata("JPEG", TAKEN, "Canon", "EOS 5D Mark IV")
