@@ -24,6 +24,7 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     LargeBinary,
+    SmallInteger,
     String,
     Text,
     TypeDecorator,
@@ -42,10 +43,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from indexer import schema
 from indexer.errors import CatalogError, ProvenanceMismatchError
+from indexer.photo_metadata import MAX_TEXT, METADATA_VERSION, PhotoMetadata
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 STATUS_INDEXED = "indexed"
 STATUS_FAILED = "failed"
 
@@ -128,6 +130,15 @@ class ImageRecord(Base):
     embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
     # Catalog revision at which ``embedding`` was last written: the FAISS sync re-adds newer ones.
     vector_revision: Mapped[int | None] = mapped_column(BigInteger)
+    # What the header says (schema 5, indexer.photo_metadata). The EXIF capture time is the camera's wall
+    # clock without a zone (EXIF rarely records one), so it is kept naive rather than made up as UTC.
+    capture_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=False))
+    camera_make: Mapped[str | None] = mapped_column(String(MAX_TEXT))
+    camera_model: Mapped[str | None] = mapped_column(String(MAX_TEXT))
+    file_format: Mapped[str | None] = mapped_column(String(32))
+    # The photo_metadata.METADATA_VERSION that read the four columns above; 0 = never read (rows from
+    # before schema 5): the next build reads their headers, without a model pass.
+    metadata_version: Mapped[int] = mapped_column(SmallInteger, default=0, server_default="0")
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -228,6 +239,8 @@ class IndexedFile:
     height: int
     embedding: Embeddings
     patches: PatchGrid | None = None
+    # None: not read (the next build reads it from the header).
+    metadata: PhotoMetadata | None = None
 
 
 @dataclass(frozen=True)
@@ -255,11 +268,14 @@ class KnownContent:
     height: int
     embedding: Embeddings
     patches: PatchGrid | None = None
+    metadata: PhotoMetadata | None = None
 
 
 @dataclass(frozen=True)
 class PhotoRecord:
-    """What search results show of an indexed photo."""
+    """What search results show of an indexed photo. ``capture_time`` (EXIF, camera wall-clock time, no
+    zone), ``camera_make``, ``camera_model`` and ``file_format`` (:class:`PhotoMetadata`) are None where
+    the file does not say, or its header was not read yet."""
 
     id: int
     path: str
@@ -268,6 +284,10 @@ class PhotoRecord:
     sha256: str
     size_bytes: int
     mtime_ns: int
+    capture_time: datetime | None = None
+    camera_make: str | None = None
+    camera_model: str | None = None
+    file_format: str | None = None
 
 
 def _photo(row: ImageRecord) -> PhotoRecord:
@@ -279,7 +299,29 @@ def _photo(row: ImageRecord) -> PhotoRecord:
         sha256=row.sha256 or "",
         size_bytes=row.size_bytes,
         mtime_ns=row.mtime_ns,
+        capture_time=row.capture_time,
+        camera_make=row.camera_make,
+        camera_model=row.camera_model,
+        file_format=row.file_format,
     )
+
+
+def metadata_values(metadata: PhotoMetadata | None) -> dict[str, Any]:
+    """The ``images`` columns that hold ``metadata`` (None: not read)."""
+    known = metadata or PhotoMetadata()
+    return {
+        "capture_time": known.capture_time,
+        "camera_make": known.camera_make,
+        "camera_model": known.camera_model,
+        "file_format": known.file_format,
+        "metadata_version": 0 if metadata is None else METADATA_VERSION,
+    }
+
+
+def _stored_metadata(row: ImageRecord) -> PhotoMetadata | None:
+    if row.metadata_version < METADATA_VERSION:
+        return None
+    return PhotoMetadata(row.file_format, row.capture_time, row.camera_make, row.camera_model)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -310,6 +352,7 @@ def _row_values(outcome: FileOutcome, revision: int, now: datetime) -> dict[str,
             error=None,
             embedding=vector_to_bytes(outcome.embedding),
             vector_revision=revision,
+            **metadata_values(outcome.metadata),
         )
     else:
         values.update(
@@ -320,6 +363,7 @@ def _row_values(outcome: FileOutcome, revision: int, now: datetime) -> dict[str,
             error=outcome.message,
             embedding=None,
             vector_revision=None,
+            **metadata_values(None),
         )
     return values
 
@@ -494,6 +538,7 @@ class Catalog:
                 width=row.width,
                 height=row.height,
                 embedding=bytes_to_vector(row.embedding, dim),
+                metadata=_stored_metadata(row),
             )
 
     def counts(self) -> dict[str, int]:

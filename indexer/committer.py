@@ -101,6 +101,7 @@ class BatchCommitter:
             height=known.height,
             embedding=known.embedding,
             patches=known.patches,
+            metadata=known.metadata,  # the same bytes say the same things
         )
 
     def commit(self, results: Sequence[ReadResult], outputs: Mapping[str, ModelOutput] | None = None) -> None:
@@ -191,6 +192,7 @@ class BatchCommitter:
             height=result.height,  # type: ignore[arg-type]
             embedding=output.embedding,
             patches=output.patches,
+            metadata=result.metadata,
         )
 
     def _submit_model(self, results: list[ReadResult]) -> PendingEncoding:

@@ -237,9 +237,31 @@ class CalibrationConfig:
     growth: float = _checked(2.0, _at_least(1.1))
 
 
+# The keeper rules of duplicate groups (search.keeper), in their default order: a photo in a reference
+# folder, then the better format (RAW, then lossless, then camera JPEG/HEIF, then web formats), then more
+# pixels, then the oldest capture date (EXIF, else the file's mtime), then the larger file, then the
+# shorter path.
+KEEPER_RULE_NAMES = ("reference", "format", "pixels", "capture_date", "file_size", "path")
+
+
+def _keeper_rules(value: Any) -> str | None:
+    unknown = [name for name in value if name not in KEEPER_RULE_NAMES]
+    if unknown:
+        return f"has {', '.join(map(repr, unknown))}: the rules are {', '.join(KEEPER_RULE_NAMES)}"
+    repeated = sorted({name for name in value if value.count(name) > 1})
+    if repeated:
+        return f"names {', '.join(map(repr, repeated))} more than once"
+    return None
+
+
 @dataclass(frozen=True)
 class SearchConfig:
-    """How queries are answered and labelled."""
+    """How queries are answered and labelled, and how duplicate groups choose their keeper.
+
+    ``keeper_rules``: the order in which the rules of :mod:`search.keeper` choose a group's keeper (its
+    suggested original); ``reference_folders``: photos below these come first under the ``reference`` rule
+    (the first folder listed before the next).
+    """
 
     default_k: int = _checked(10, _at_least(1))
     near_duplicate_threshold: float = _checked(0.95, _unit_interval)
@@ -249,7 +271,8 @@ class SearchConfig:
     max_query_pixels: int = _checked(100_000_000, _at_least(1))
     rescore_candidates: int = _checked(100, _at_least(0))
     robust: RobustConfig = RobustConfig()
-    # Folders whose photos `duplicates --apply` never acts on (see config.yaml).
+    keeper_rules: tuple[str, ...] = _checked(KEEPER_RULE_NAMES, _keeper_rules)
+    # Keepers come from these first, and `duplicates --apply` never acts on their photos (see config.yaml).
     reference_folders: tuple[Path, ...] = ()
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError, features
 
 from indexer.errors import DecodeError
+from indexer.photo_metadata import PhotoMetadata, metadata_of
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +69,14 @@ class DecodeLimits:
 class DecodedImage:
     """An RGB image with EXIF orientation applied, possibly reduced by JPEG draft decoding.
 
-    ``width`` and ``height`` are the photo's full size after orientation, before any reduction.
+    ``width`` and ``height`` are the photo's full size after orientation, before any reduction;
+    ``metadata`` what its header says (format, EXIF capture time, camera).
     """
 
     image: Image.Image
     width: int
     height: int
+    metadata: PhotoMetadata | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,12 @@ def supported_extensions() -> frozenset[str]:
     supports it.
     """
     return _plugins().extensions
+
+
+def supported_formats() -> tuple[str, ...]:
+    """Pillow's names of the formats this module opens (the only decoders :func:`decode_image` lets
+    Pillow try)."""
+    return _plugins().formats
 
 
 def read_image_bytes(path: Path, limits: DecodeLimits) -> bytes:
@@ -179,6 +188,7 @@ def decode_image(data: bytes, limits: DecodeLimits, *, min_side: int | None = No
                     opened.draft("RGB", (min_side, min_side))
                 opened.load()
                 oriented, swapped = _apply_orientation(opened)
+                metadata = metadata_of(opened, data)
                 rgb = _to_rgb(oriented)
                 if rgb is opened:
                     rgb = opened.copy()  # closing the file frees the pixels of `opened`
@@ -205,7 +215,7 @@ def decode_image(data: bytes, limits: DecodeLimits, *, min_side: int | None = No
         logger.debug("while decoding: %s", warning.message)
     if swapped:
         full_width, full_height = full_height, full_width
-    return DecodedImage(rgb, full_width, full_height)
+    return DecodedImage(rgb, full_width, full_height, metadata)
 
 
 def load_image(path: Path, limits: DecodeLimits, *, min_side: int | None = None) -> tuple[DecodedImage, bytes]:

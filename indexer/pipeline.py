@@ -38,6 +38,7 @@ from indexer.encoder import (
 )
 from indexer.image_threads import one_intra_op_thread
 from indexer.lock import exclusive_writer
+from indexer.metadata_store import backfill_metadata
 from indexer.patches import effective_grid
 from indexer.reader import PhotoDataset, ReadBatch, WorkItem, finish_on_device, make_loader, resolve_workers
 from indexer.scan import ExcludeGlobs, ScannedFile, resolve_roots, scan
@@ -83,6 +84,8 @@ class BuildSummary:
     compiled: bool = False
     # What the build did about the near-duplicate threshold's calibration (None: not asked).
     calibration: CalibrationOutcome | None = None
+    # Photos indexed before their metadata was kept whose headers this build read (no model pass).
+    metadata_read: int = 0
 
     @property
     def processed(self) -> int:
@@ -274,6 +277,9 @@ def _build_locked(
         summary.moved = sum(1 for source in committer.reused_from if source in gone_set)
         summary.copied = len(committer.reused_from) - summary.moved
         summary.processing_s = time.perf_counter() - processing_started
+        # Rows from before schema 5 (or an older metadata reader): their headers, not their pixels. Outside
+        # processing_s, which measures the files this build indexed.
+        summary.metadata_read = backfill_metadata(catalog, show_progress=show_progress).read
         summary.failures_by_reason = dict(committer.reasons)
         summary.precision = encoder.precision
         summary.parallel_images = encoder.parallel_images

@@ -25,6 +25,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,7 @@ from indexer.decode import DecodeLimits
 from indexer.encoder import Encoder, LoadedModel, load_model, resolve_batch_size, resolve_device
 from indexer.errors import ConfigError, EngineError, EngineUnavailableError, LoupeError, WeightsError
 from indexer.patches import pool_patches
+from indexer.photo_metadata import PhotoMetadata
 from indexer.reader import ReadResult, WorkItem, read_one
 from indexer.weights import weights_kind
 
@@ -155,7 +157,32 @@ def results_to_batch(results: Sequence[ReadResult]) -> Batch:
         "error_reason": _text([r.error_reason for r in results]),
         "error_message": _text([r.error_message for r in results]),
         "pixels": _blob([b"" if r.pixels is None else r.pixels.numpy().tobytes() for r in results]),
+        **_metadata_columns([r.metadata for r in results]),
     }
+
+
+def _metadata_columns(metadata: Sequence[PhotoMetadata | None]) -> Batch:
+    """The header facts as columns ("" for none; ``metadata_read`` False where the header was not read)."""
+    known = [m or PhotoMetadata() for m in metadata]
+    return {
+        "metadata_read": np.array([m is not None for m in metadata], dtype=bool),
+        "file_format": _text([m.file_format for m in known]),
+        "capture_time": _text([None if m.capture_time is None else m.capture_time.isoformat() for m in known]),
+        "camera_make": _text([m.camera_make for m in known]),
+        "camera_model": _text([m.camera_model for m in known]),
+    }
+
+
+def _metadata_of_row(batch: Batch, i: int) -> PhotoMetadata | None:
+    if not bool(batch["metadata_read"][i]):
+        return None
+    capture = str(batch["capture_time"][i])
+    return PhotoMetadata(
+        file_format=str(batch["file_format"][i]) or None,
+        capture_time=datetime.fromisoformat(capture) if capture else None,
+        camera_make=str(batch["camera_make"][i]) or None,
+        camera_model=str(batch["camera_model"][i]) or None,
+    )
 
 
 def batch_to_results(batch: Batch, image_size: int | None = None) -> list[ReadResult]:
@@ -181,6 +208,7 @@ def batch_to_results(batch: Batch, image_size: int | None = None) -> list[ReadRe
                 known=bool(batch["known"][i]),
                 error_reason=str(batch["error_reason"][i]) or None,
                 error_message=str(batch["error_message"][i]) or None,
+                metadata=_metadata_of_row(batch, i),
             )
         )
     return results

@@ -19,9 +19,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from indexer.decode import DecodeLimits, decode_image, read_image_bytes
+from indexer.decode import DecodeLimits, decode_image, read_image_bytes, supported_formats
 from indexer.device_decode import DeviceJpeg, decode_on_device, jpeg_for_device
 from indexer.errors import DecodeError
+from indexer.photo_metadata import PhotoMetadata, metadata_from_bytes
 from indexer.preprocess import model_pixels
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class ReadResult:
     known: bool = False
     error_reason: str | None = None
     error_message: str | None = None
+    # What the header says, for decoded files (and device JPEGs).
+    metadata: PhotoMetadata | None = None
 
 
 @dataclass(frozen=True)
@@ -81,12 +84,17 @@ def read_one(
         if device_jpeg_min_pixels is not None:
             jpeg = jpeg_for_device(data, limits, device_jpeg_min_pixels)
             if jpeg is not None:
-                return ReadResult(item=item, sha256=sha256, width=jpeg.width, height=jpeg.height, jpeg=jpeg)
+                metadata = metadata_from_bytes(data, supported_formats())
+                return ReadResult(
+                    item=item, sha256=sha256, width=jpeg.width, height=jpeg.height, jpeg=jpeg, metadata=metadata
+                )
         decoded = decode_image(data, limits, min_side=image_size)
         pixels = model_pixels(decoded.image, image_size)
     except DecodeError as error:
         return ReadResult(item=item, sha256=sha256, error_reason=error.reason, error_message=str(error.args[0]))
-    return ReadResult(item=item, sha256=sha256, width=decoded.width, height=decoded.height, pixels=pixels)
+    return ReadResult(
+        item=item, sha256=sha256, width=decoded.width, height=decoded.height, pixels=pixels, metadata=decoded.metadata
+    )
 
 
 def finish_on_device(

@@ -12,7 +12,9 @@ import numpy as np
 from indexer.calibration_store import Calibration, calibration_due, current_calibration
 from indexer.catalog import STATUS_INDEXED, Catalog, redact_url
 from indexer.config import LoupeConfig
+from indexer.duplicate_decisions import decision_counts
 from indexer.errors import CatalogError, IndexFileError
+from indexer.metadata_store import metadata_counts
 from indexer.settings import Origins, origins_to_dict
 from indexer.vector_index import IndexMeta, check_index, index_dir, read_meta
 from indexer.vector_makers import makers_of
@@ -40,6 +42,8 @@ def collection_status(
         failed_files = catalog.failures() if with_failures else []
         makers = makers_of(catalog)
         calibration = current_calibration(catalog, provenance)
+        metadata = metadata_counts(catalog)
+        decisions = decision_counts(catalog)
     finally:
         catalog.close()
     try:
@@ -79,6 +83,8 @@ def collection_status(
         status.update(origins_to_dict(config, origins))
     status["patches"] = _patch_status(config, provenance.patch_grid, patch_meta)
     status["calibration"] = _calibration_status(config, calibration, counts[STATUS_INDEXED])
+    status["photo_metadata"] = metadata
+    status["duplicate_decisions"] = decisions
     if with_failures:
         status["failures"] = [
             {"path": path, "reason": reason, "message": message} for path, reason, message in failed_files

@@ -11,10 +11,11 @@ agree. Precedence, first match wins:
 - models dir: the config file's ``model.models_dir`` > ``./models`` when it holds the pretrained weights
   file > the per-user cache dir.
 
-Relative paths in a config file (``data_dir``, ``model.models_dir``, a ``model.weights`` file) are taken
-from the folder of that file, so a file means the same from any working directory. One exception keeps
-old set-ups working: when the file's relative ``data_dir`` does not exist there but does under the
-working directory (the rule of earlier versions), that one is used and the command says so.
+Relative paths in a config file (``data_dir``, ``model.models_dir``, a ``model.weights`` file,
+``search.reference_folders``) are taken from the folder of that file, so a file means the same from any
+working directory. One exception keeps old set-ups working: when the file's relative ``data_dir`` does
+not exist there but does under the working directory (the rule of earlier versions), that one is used and
+the command says so.
 """
 
 from __future__ import annotations

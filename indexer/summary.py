@@ -38,6 +38,7 @@ def summary_to_dict(summary: BuildSummary) -> dict[str, Any]:
         "batch_size": summary.batch_size,
         "parallel_images": summary.parallel_images,
         "compiled": summary.compiled,
+        "metadata_read": summary.metadata_read,
         "index": None
         if index is None
         else {
@@ -82,6 +83,11 @@ def build_summary_lines(summary: BuildSummary) -> list[str]:
             + (f", {summary.parallel_images} photos at once" if summary.parallel_images else "")
             + (", compiled" if summary.compiled else "")
             + (f" (embeddings at cosine >= {checked:.4f} to fp32 on the first photos)" if checked is not None else "")
+        )
+    if summary.metadata_read:
+        lines.append(
+            f"  metadata (format, capture date, camera) read from the headers of {summary.metadata_read} photos "
+            "indexed before it was kept (no model pass)"
         )
     if summary.unchanged_failed:
         lines.append(f"  {summary.unchanged_failed} unchanged files are still failed from earlier builds")
@@ -186,6 +192,25 @@ def status_lines(status: dict[str, Any]) -> list[str]:
                 f"near-dups    score >= {calibration['threshold']:.4f} (config default, uncalibrated: "
                 f"{calibration['reason']})"
             )
+    metadata = status.get("photo_metadata")
+    if metadata is not None:
+        lines.append(f"metadata     {metadata_line(metadata)}")
+    decisions = status.get("duplicate_decisions")
+    if decisions is not None and (decisions["dismissed_pairs"] or decisions["pinned_keepers"]):
+        lines.append(
+            f"decisions    {decisions['dismissed_pairs']} dismissed pair(s) of not-duplicates, "
+            f"{decisions['pinned_keepers']} pinned keeper(s) (python -m search duplicates --decisions lists them)"
+        )
     if status["random_weights"]:
         lines.append(f"WARNING: {RANDOM_WEIGHTS_WARNING}")
     return lines
+
+
+def metadata_line(metadata: dict[str, Any]) -> str:
+    """What the indexed photos' headers said (``status``'s ``photo_metadata``), in one line."""
+    formats = ", ".join(f"{name} {count}" for name, count in metadata["formats"].items()) or "none"
+    return (
+        f"{metadata['with_capture_time']} of {metadata['read']} photos with an EXIF capture date, "
+        f"{metadata['with_camera']} with a camera; formats: {formats}"
+        + (f"; {metadata['pending']} not read yet (the next build reads their headers)" if metadata["pending"] else "")
+    )

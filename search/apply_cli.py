@@ -16,7 +16,8 @@ from indexer.config import LoupeConfig
 
 
 def add_apply_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--apply``, ``--reference``, ``--journal`` and ``--yes`` of ``duplicates``."""
+    """``--apply``, ``--journal`` and ``--yes`` of ``duplicates`` (``--reference`` is shared with the keeper
+    rules: :mod:`search.cli`)."""
     act = parser.add_argument_group("acting on duplicates (a dry run that prints the plan, unless --yes)")
     act.add_argument(
         "--apply",
@@ -24,14 +25,6 @@ def add_apply_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="move:DIR|trash|hardlink|symlink",
         help="move every non-keeper into DIR, send it to the trash, or replace it by a hard or symbolic link "
         "to its keeper (the replaced bytes are kept for undo under the data dir)",
-    )
-    act.add_argument(
-        "--reference",
-        action="append",
-        type=Path,
-        dest="reference",
-        metavar="DIR",
-        help="never act on photos in DIR (repeatable; config: search.reference_folders)",
     )
     act.add_argument(
         "--journal",

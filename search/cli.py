@@ -29,6 +29,7 @@ from indexer.config import LoupeConfig, RobustConfig
 from indexer.errors import LoupeError
 from indexer.report import RANDOM_WEIGHTS_WARNING
 from search.apply_cli import add_apply_arguments, apply_duplicates, main_undo, setup_undo
+from search.decisions_cli import add_decision_arguments, run_decision, wants_decision
 
 logger = logging.getLogger(__name__)
 
@@ -198,8 +199,30 @@ def main_region(args: argparse.Namespace) -> int:
 # duplicates --------------------------------------------------------------------------------------
 
 DUPLICATE_CSV_FIELDS = [
-    "group", "member", "original", "exact", "score", "width", "height", "size_bytes", "id", "path", "match"
-]  # fmt: skip
+    "group",
+    "member",
+    "original",
+    "exact",
+    "score",
+    "width",
+    "height",
+    "size_bytes",
+    "id",
+    "path",
+    "keeper_rule",
+    "file_format",
+    "capture_time",
+    "camera_make",
+    "camera_model",
+    "match",
+]
+
+
+def _folder(text: str) -> Path:
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"not a folder: {text}")
+    return path
 
 
 def setup_duplicates(parser: argparse.ArgumentParser) -> None:
@@ -215,15 +238,25 @@ def setup_duplicates(parser: argparse.ArgumentParser) -> None:
         help="also find mirrored and rotated copies: reads and encodes every photo again as its flips and "
         "rotations (config search.robust.variants), about 4x a build's model time",
     )
+    parser.add_argument(
+        "--reference",
+        action="append",
+        type=_folder,
+        metavar="DIR",
+        help="a reference folder (repeatable, added to config search.reference_folders): its photos are kept "
+        "first (keeper rule 'reference', config search.keeper_rules) and --apply never acts on them",
+    )
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON")
     output.add_argument("--csv", action="store_true", help="print CSV, one row per photo")
     add_apply_arguments(parser)
+    add_decision_arguments(parser)
     add_collection_arguments(parser)
 
 
 def write_duplicates_csv(groups: Sequence[Any], out: IO[str]) -> None:
-    """One CSV row per photo: group number, position (0 = suggested original), and its facts."""
+    """One CSV row per photo: group number, position (0 = suggested original), its facts and the keeper
+    rule that chose its group's original."""
     writer = csv.writer(out)
     writer.writerow(DUPLICATE_CSV_FIELDS)
     for number, group in enumerate(groups, start=1):
@@ -240,14 +273,29 @@ def write_duplicates_csv(groups: Sequence[Any], out: IO[str]) -> None:
                     m.size_bytes,
                     m.id,
                     m.path,
+                    group.keeper_rule,
+                    m.file_format or "",
+                    "" if m.capture_time is None else m.capture_time.isoformat(),
+                    m.camera_make or "",
+                    m.camera_model or "",
                     m.match,
                 ]
             )
 
 
+def _member_line(m: Any) -> str:
+    kind = "original" if m.original else ("exact copy" if m.exact else f"{m.score:.4f}")
+    taken = "" if m.capture_time is None else m.capture_time.strftime("%Y-%m-%d %H:%M")
+    how = "" if m.match == "global" else f" ({m.match})"
+    return f"  {kind:>10}  {m.file_format or '?':<6}  {taken:<16}  {f'{m.width}x{m.height}':>11}  {m.path}{how}"
+
+
 def main_duplicates(args: argparse.Namespace) -> int:
     from search.duplicates import find_duplicate_groups
 
+    if wants_decision(args):
+        run_decision(args, _config(args), sys.stdout)
+        return EXIT_OK
     if args.apply is None:
         if args.yes or args.journal is not None:
             raise LoupeError("--yes and --journal go with --apply ACTION")
@@ -256,13 +304,16 @@ def main_duplicates(args: argparse.Namespace) -> int:
     engine = _open(args)
     try:
         threshold = args.threshold if args.threshold is not None else engine.near_duplicate_threshold().threshold
+        references = [*engine.config.search.reference_folders, *args.reference] if args.reference else None
         if args.flips:
             from tqdm import tqdm
 
             with tqdm(total=engine.catalog.counts().get("indexed", 0), unit="img", desc="flips and rotations") as bar:
-                groups = find_duplicate_groups(engine, threshold, flips=True, progress=bar.update)
+                groups = find_duplicate_groups(
+                    engine, threshold, reference_folders=references, flips=True, progress=bar.update
+                )
         else:
-            groups = find_duplicate_groups(engine, threshold)
+            groups = find_duplicate_groups(engine, threshold, reference_folders=references)
     finally:
         engine.close()
     if args.apply is not None:
@@ -278,11 +329,9 @@ def main_duplicates(args: argparse.Namespace) -> int:
             "against its group's original, or is an exact copy of it"
         )
         for number, group in enumerate(groups, start=1):
-            print(f"group {number} ({len(group.members)} photos)")
+            print(f"group {number} ({len(group.members)} photos, original chosen by: {group.keeper_rule})")
             for m in group.members:
-                kind = "original" if m.original else ("exact copy" if m.exact else f"{m.score:.4f}")
-                how = "" if m.match == "global" else f" ({m.match})"
-                print(f"  {kind:>10}  {f'{m.width}x{m.height}':>11}  {m.path}{how}")
+                print(_member_line(m))
     return EXIT_OK
 
 
@@ -357,9 +406,12 @@ EPILOG = """examples:
   python -m search similar /photos/2019/img_0042.jpg --under /photos/2020 --json
   python -m search region poster.jpg --box 120,80,360,300 --json
   python -m search duplicates --threshold 0.97 --csv > duplicates.csv
+  python -m search duplicates --reference /photos/originals --json
   python -m search duplicates --apply move:/photos/duplicates --reference /photos/originals   # dry run
   python -m search duplicates --apply trash --yes
   python -m search undo ~/.local/share/loupe/journals/apply-20260101-120000.jsonl
+  python -m search duplicates --dismiss /photos/a.jpg /photos/b.jpg
+  python -m search duplicates --keep /photos/2019/img_0042.jpg
   python -m search lookup incoming/ -k 3 --csv matches.csv
 """
 

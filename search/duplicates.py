@@ -1,12 +1,18 @@
 """Near-duplicate groups a curator can trust: every member scores at or above the threshold against
-its group's suggested original, and no photo joins a group through a chain of others.
+its group's suggested original (its keeper), and no photo joins a group through a chain of others.
 
 Each photo's ``duplicate_neighbours`` nearest neighbours come from the FAISS index, in chunks streamed
 from the catalog, so the cost grows with N x k, never N x N; only the pairs at or above the threshold are
 kept (as arrays, filtered with numpy, never pair by pair). :func:`search.star_groups.star_groups` then
-takes the photos in suggested-original order: each one not yet grouped becomes its group's original and
-takes every photo not yet grouped that scores at or above the threshold against it. Photos with the same
-bytes (sha256) always share a group. Scores shown are recomputed from the stored vectors.
+takes the photos in keeper order (:mod:`search.keeper`: pinned keepers, then the keeper rules): each one
+not yet grouped becomes its group's original and takes every photo not yet grouped that scores at or
+above the threshold against it. Photos with the same bytes (sha256) always share a group. Scores shown are
+recomputed from the stored vectors. Each group says which keeper rule chose its original.
+
+Pairs the curator dismissed ("not duplicates", :mod:`indexer.duplicate_decisions`) are dropped from the
+similar pairs before grouping, so neither photo of such a pair ever joins the other's group. A group
+offers its members as duplicates *of its original*, not of each other: two dismissed photos B and C may
+both be in A's group when each of them scores at or above the threshold against A.
 
 With ``flips`` (opt-in: it encodes every photo again, see :mod:`search.flipped_pairs`), a photo's mirrored
 and turned versions search the index too; a pair found that way counts with its best variant score, and
@@ -16,8 +22,10 @@ the member says how it matched (``match: flipped|rotated``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import faiss
@@ -25,8 +33,10 @@ import numpy as np
 import numpy.typing as npt
 
 from indexer.catalog import PhotoRecord
+from indexer.duplicate_decisions import Decisions, Pair, load_decisions
 from search.engine import MatchKind, SearchEngine
 from search.flipped_pairs import flipped_pairs
+from search.keeper import KeeperPolicy
 from search.star_groups import groups_of, star_groups
 
 logger = logging.getLogger(__name__)
@@ -48,21 +58,28 @@ class DuplicateMember:
     size_bytes: int
     mtime_ns: int
     original: bool
+    capture_time: datetime | None = None
+    camera_make: str | None = None
+    camera_model: str | None = None
+    file_format: str | None = None
     # How the member matched the original: its stored vector (global), or a flip or rotation of one of the
     # two photos (only with ``flips``), whose score is then the one shown.
     match: MatchKind = "global"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["capture_time"] = None if self.capture_time is None else self.capture_time.isoformat()
+        return data
 
 
 @dataclass(frozen=True)
 class DuplicateGroup:
-    """Near-identical photos, the suggested original (the keeper) first. ``keeper_rule`` names the rule
-    that chose the keeper ("pixels": most pixels, then the oldest file, then the path)."""
+    """Near-identical photos, the suggested original (the keeper) first. ``keeper_rule`` names what chose
+    it over the group's next photo in keeper order: ``pinned`` or a rule of :mod:`search.keeper`
+    (``reference``, ``format``, ``pixels``, ``capture_date``, ``file_size``, ``path``)."""
 
     members: list[DuplicateMember]
-    keeper_rule: str = "pixels"
+    keeper_rule: str
 
     @property
     def original(self) -> DuplicateMember:
@@ -74,11 +91,6 @@ class DuplicateGroup:
             "keeper_rule": self.keeper_rule,
             "members": [member.to_dict() for member in self.members],
         }
-
-
-def suggested_original_key(photo: PhotoRecord) -> tuple[int, int, str]:
-    """Sort key that puts the best copy first: most pixels, then the oldest file, then the path."""
-    return (-(photo.width * photo.height), photo.mtime_ns, photo.path)
 
 
 def similar_pairs(
@@ -106,18 +118,43 @@ def positions_of(ordered_ids: Ids, ids: Ids) -> Ids:
     return np.where(present, order[found] if len(sorted_ids) else -1, -1).astype(np.int64)
 
 
+def dismissed_mask(photos: Sequence[PhotoRecord], a: Ids, b: Ids, dismissed: frozenset[Pair]) -> npt.NDArray[np.bool_]:
+    """Which of the position pairs ``a[i]``-``b[i]`` (into ``photos``; -1: absent) join two contents the
+    curator dismissed. One pass over the photos, then whole-array work over the pairs."""
+    involved = sorted({sha for pair in dismissed for sha in pair})
+    if not involved or not len(a) or not photos:
+        return np.zeros(len(a), dtype=bool)
+    code = {sha: number for number, sha in enumerate(involved)}
+    codes = np.fromiter((code.get(photo.sha256, -1) for photo in photos), dtype=np.int64, count=len(photos))
+    first = np.where(a >= 0, codes[a], -1)
+    second = np.where(b >= 0, codes[b], -1)
+    low, high = np.minimum(first, second), np.maximum(first, second)
+    # The involved contents are numbered in sha256 order, so (low, high) is the dismissed (a, b) order.
+    wanted = np.asarray([code[x] * len(code) + code[y] for x, y in dismissed], dtype=np.int64)
+    return (low >= 0) & np.isin(low * len(code) + high, wanted)
+
+
 def find_duplicate_groups(
     engine: SearchEngine,
     threshold: float | None = None,
     *,
+    reference_folders: Sequence[str | Path] | None = None,
+    rules: Sequence[str] | None = None,
+    decisions: Decisions | None = None,
     flips: bool = False,
     progress: Callable[[int], object] | None = None,
 ) -> list[DuplicateGroup]:
     """Groups of near-identical photos, largest first: every member scores at least ``threshold``
     (default: the near-duplicate threshold) against its group's suggested original, which comes first,
-    or has the original's very bytes; a photo is in at most one group. ``flips``: also match mirrored and
-    rotated copies (every photo is read and encoded again; ``progress`` is called with photo counts)."""
+    or has the original's very bytes; a photo is in at most one group.
+
+    The original is chosen by the keeper rules (:class:`search.keeper.KeeperPolicy`): ``rules`` and
+    ``reference_folders`` default to ``search.keeper_rules`` and ``search.reference_folders``;
+    ``decisions`` (default: the catalog's) pin keepers and dismiss pairs. ``flips``: also match mirrored
+    and rotated copies (every photo is read and encoded again; ``progress`` is called with photo counts)."""
     threshold = engine.near_duplicate_threshold().threshold if threshold is None else threshold
+    decisions = load_decisions(engine.catalog) if decisions is None else decisions
+    policy = KeeperPolicy.from_settings(engine.config.search, decisions.pinned, reference_folders, rules)
     index, _ = engine.current()
     k = min(engine.config.search.duplicate_neighbours + 1, int(index.ntotal))
     empty = np.empty(0, dtype=np.int64)
@@ -136,11 +173,11 @@ def find_duplicate_groups(
     copies = [np.asarray(ids, dtype=np.int64) for ids in engine.catalog.same_content_ids()]
     candidates = np.unique(np.concatenate([first, second, *copies]))
     # Rows removed since the index was loaded are left out here, and their pairs below.
-    photos = sorted(engine.catalog.photos(candidates.tolist()).values(), key=suggested_original_key)
+    photos = policy.order(engine.catalog.photos(candidates.tolist()).values())
     ordered_ids = np.asarray([photo.id for photo in photos], dtype=np.int64)
 
     a, b = positions_of(ordered_ids, first), positions_of(ordered_ids, second)
-    present = (a >= 0) & (b >= 0)
+    present = (a >= 0) & (b >= 0) & ~dismissed_mask(photos, a, b, decisions.dismissed)
     content = np.arange(len(photos), dtype=np.int64)
     for same_bytes in copies:
         where = positions_of(ordered_ids, same_bytes)
@@ -160,7 +197,9 @@ def find_duplicate_groups(
         scores[position] = by_variant if by_variant is not None and by_variant[0] > score else (score, "global")
     groups: list[DuplicateGroup] = []
     for positions in groups_of(owner):
-        group = _group([photos[p] for p in positions.tolist()], [scores[p] for p in positions.tolist()], threshold)
+        group = _group(
+            [photos[p] for p in positions.tolist()], [scores[p] for p in positions.tolist()], threshold, policy
+        )
         if group is not None:
             groups.append(group)
     groups.sort(key=lambda group: (-len(group.members), group.original.path))
@@ -181,10 +220,13 @@ def _scores(engine: SearchEngine, member_ids: Ids, centre_ids: Ids) -> list[floa
     return [float(score) for score in out]
 
 
-def _group(photos: list[PhotoRecord], scored: list[tuple[float, MatchKind]], threshold: float) -> DuplicateGroup | None:
-    """The group of ``photos`` (suggested original first), keeping the members that score at least
-    ``threshold`` against it by the stored vectors (FAISS sums in another order: a pair it put at the
-    threshold may fall a rounding error short) or have its very bytes; None when fewer than two remain."""
+def _group(
+    photos: list[PhotoRecord], scored: list[tuple[float, MatchKind]], threshold: float, policy: KeeperPolicy
+) -> DuplicateGroup | None:
+    """The group of ``photos`` (in keeper order, the suggested original first), keeping the members that
+    score at least ``threshold`` against it by the stored vectors (FAISS sums in another order: a pair it
+    put at the threshold may fall a rounding error short), by a flip or rotation (with ``flips``), or have
+    its very bytes; None when fewer than two remain."""
     original = photos[0]
     scores = [score for score, _ in scored]
     members = [
@@ -198,11 +240,16 @@ def _group(photos: list[PhotoRecord], scored: list[tuple[float, MatchKind]], thr
             size_bytes=photo.size_bytes,
             mtime_ns=photo.mtime_ns,
             original=position == 0,
+            capture_time=photo.capture_time,
+            camera_make=photo.camera_make,
+            camera_model=photo.camera_model,
+            file_format=photo.file_format,
             match="global" if position == 0 else kind,
         )
         for position, (photo, (score, kind)) in enumerate(zip(photos, scored, strict=True))
     ]
-    kept = [m for m, score in zip(members[1:], scores[1:], strict=True) if m.exact or score >= threshold]
+    kept_at = [i for i in range(1, len(members)) if members[i].exact or scores[i] >= threshold]
+    kept = [members[i] for i in kept_at]
     if len(kept) < len(members) - 1:
         logger.debug(
             "%d members of %s fall below %s by the stored vectors",
@@ -212,4 +259,7 @@ def _group(photos: list[PhotoRecord], scored: list[tuple[float, MatchKind]], thr
         )
     if not kept:
         return None
-    return DuplicateGroup(members=[members[0], *sorted(kept, key=lambda m: (-m.score, m.path))])
+    return DuplicateGroup(
+        members=[members[0], *sorted(kept, key=lambda m: (-m.score, m.path))],
+        keeper_rule=policy.decided_by(original, photos[kept_at[0]]),  # the runner-up: next in keeper order
+    )

@@ -15,6 +15,7 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -64,10 +65,16 @@ class SearchResult:
     match: MatchKind = "global"
     # For a local match: where the query lies in this photo, in its pixels (after EXIF orientation).
     box: Box | None = None
+    # What the photo's header says (None where it does not, or was not read yet).
+    capture_time: datetime | None = None
+    camera_make: str | None = None
+    camera_model: str | None = None
+    file_format: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["box"] = None if self.box is None else list(self.box)
+        data["capture_time"] = None if self.capture_time is None else self.capture_time.isoformat()
         return data
 
 
@@ -406,6 +413,10 @@ class SearchEngine:
                 width=photo.width,
                 height=photo.height,
                 sha256=photo.sha256,
+                capture_time=photo.capture_time,
+                camera_make=photo.camera_make,
+                camera_model=photo.camera_model,
+                file_format=photo.file_format,
             )
             for rank, (photo, score) in enumerate(kept[:k], start=1)
         ]

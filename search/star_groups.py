@@ -1,6 +1,6 @@
 """Star grouping of a similarity graph: groups that cannot chain.
 
-Photos are numbered by preference (0 = the best original: most pixels, then oldest, then path). Taken in
+Photos are numbered by preference (0 = the best original, by :mod:`search.keeper`'s rules). Taken in
 that order, every photo not yet in a group becomes a centre and takes every photo not yet in a group that
 scores at or above the threshold against it. So every member of a group is one edge from its centre (the
 group's best original), never linked through a chain, and each photo is in at most one group.

@@ -166,7 +166,7 @@ def test_a_schema_1_catalog_is_upgraded_in_place(tmp_path: Path, db_url: str | N
     url = _schema_1_sqlite(tmp_path / "old.sqlite") if db_url is None else _schema_1_postgres(db_url)
 
     # Readers refuse, and say what to run; they change nothing.
-    needs = r"schema revision 0001, this Loupe needs 0004: run `python -m indexer migrate`"
+    needs = r"schema revision 0001, this Loupe needs 0005: run `python -m indexer migrate`"
     with pytest.raises(CatalogError, match=needs):
         Catalog.open(url, create=False)
 
@@ -174,7 +174,7 @@ def test_a_schema_1_catalog_is_upgraded_in_place(tmp_path: Path, db_url: str | N
     provenance = catalog.provenance()
     assert provenance is not None
     assert (provenance.schema_version, provenance.patch_grid, provenance.catalog_id) == (
-        4,
+        5,
         0,
         "c0ffee00-0000-4000-8000-000000000001",
     )
@@ -200,15 +200,20 @@ def test_a_current_catalog_from_before_migrations_is_read_and_stamped(tmp_path: 
     from indexer.catalog import Base
 
     engine = create_engine(url)
-    # How Loupe made schema-2 catalogs before it used Alembic: every table of the time.
-    schema_2 = [table for name, table in Base.metadata.tables.items() if name not in ("vector_makers", "calibrations")]
+    # How Loupe made schema-2 catalogs before it used Alembic: every table of the time, with the columns of
+    # the time (those of schema 5 came later).
+    later = ("vector_makers", "calibrations", "duplicate_decisions")
+    schema_2 = [table for name, table in Base.metadata.tables.items() if name not in later]
     Base.metadata.create_all(engine, tables=schema_2)
+    with engine.begin() as connection:
+        for column in ("capture_time", "camera_make", "camera_model", "file_format", "metadata_version"):
+            connection.execute(text(f"ALTER TABLE images DROP COLUMN {column}"))
     engine.dispose()
-    with pytest.raises(CatalogError, match="schema revision 0002, this Loupe needs 0004"):
+    with pytest.raises(CatalogError, match="schema revision 0002, this Loupe needs 0005"):
         Catalog.open(url, create=False)  # recognised as schema 2 by its tables; readers change nothing
     Catalog.open(url).close()  # a writer stamps it 0002 and upgrades it
     with create_engine(url).connect() as connection:
-        assert connection.scalar(text("SELECT version_num FROM alembic_version")) == "0004"
+        assert connection.scalar(text("SELECT version_num FROM alembic_version")) == "0005"
         assert connection.scalar(text("SELECT count(*) FROM vector_makers")) == 0
         assert connection.scalar(text("SELECT count(*) FROM calibrations")) == 0
     Catalog.open(url, create=False).close()
@@ -227,9 +232,9 @@ def test_a_catalog_from_a_newer_loupe_is_refused(tmp_path: Path) -> None:
 def test_migrate_command_upgrades_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _schema_1_sqlite(tmp_path / "catalog.sqlite")
     assert indexer_main(["migrate", "--data-dir", str(tmp_path)]) == 0
-    assert capsys.readouterr().out.strip() == "migrate: schema revision 0004 (was 0001)"
+    assert capsys.readouterr().out.strip() == "migrate: schema revision 0005 (was 0001)"
     assert indexer_main(["migrate", "--data-dir", str(tmp_path)]) == 0
-    assert capsys.readouterr().out.strip() == "migrate: schema revision 0004"
+    assert capsys.readouterr().out.strip() == "migrate: schema revision 0005"
     assert indexer_main(["migrate", "--data-dir", str(tmp_path / "nothing")]) == 2
     assert "no catalog at" in capsys.readouterr().err
 

@@ -11,6 +11,7 @@ import logging
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from indexer.decode import DecodeLimits
 from indexer.encoder import Encoder, LoadedModel
 from indexer.errors import ConfigError, EngineError, EngineUnavailableError, WeightsError
 from indexer.patches import pool_patches
+from indexer.photo_metadata import PhotoMetadata
 from indexer.pipeline import BuildSummary, run_build
 from indexer.reader import ReadResult, WorkItem, read_one
 from indexer.vector_index import check_index
@@ -106,7 +108,10 @@ def _contents(data_dir: Path) -> dict[str, Any]:
     try:
         ids, _ = catalog.indexed_ids()
         photos = catalog.photos(ids.tolist())
-        rows = {p.path: (p.size_bytes, p.mtime_ns, p.sha256, p.width, p.height) for p in photos.values()}
+        rows = {
+            p.path: (p.size_bytes, p.mtime_ns, p.sha256, p.width, p.height, p.file_format, p.capture_time)
+            for p in photos.values()
+        }
         vectors = {
             photos[int(i)].path: v
             for chunk, vs in catalog.embeddings_for(ids, 384)
@@ -137,6 +142,7 @@ def test_ray_build_equals_local_build(built: Built) -> None:
     local, on_ray = _contents(built.local), _contents(built.ray)
     assert local["counts"] == on_ray["counts"] == {"images": N_PHOTOS + 2, "indexed": N_PHOTOS + 1, "failed": 1}
     assert on_ray["rows"] == local["rows"]
+    assert {row[5] for row in on_ray["rows"].values()} == {"JPEG"}  # header metadata came through Ray too
     assert on_ray["states"] == local["states"]
     assert on_ray["failures"] == local["failures"]
     assert [Path(path).name for path, _, _ in on_ray["failures"]] == ["truncated.jpg"]
@@ -210,14 +216,16 @@ def test_incremental_ray_run_reuses_known_content(built: Built, tmp_path: Path) 
 def test_rows_survive_the_trip_through_arrow_columns() -> None:
     item = WorkItem(path="/p/a.jpg", size_bytes=10, mtime_ns=5)
     pixels = torch.arange(3 * 32 * 32, dtype=torch.int64).remainder(256).to(torch.uint8).reshape(3, 32, 32)
+    metadata = PhotoMetadata("JPEG", datetime(2016, 8, 14, 7, 5, 9, 250), "FUJIFILM", None)
     results = [
-        ReadResult(item=item, sha256="aa", width=40, height=30, pixels=pixels),
+        ReadResult(item=item, sha256="aa", width=40, height=30, pixels=pixels, metadata=metadata),
         ReadResult(item=WorkItem("/p/b.jpg", 11, 6), sha256="bb", known=True),
         ReadResult(item=WorkItem("/p/c.jpg", 12, 7), sha256=None, error_reason="truncated", error_message="cut"),
     ]
     back = batch_to_results(results_to_batch(results), image_size=32)
     assert back[1:] == results[1:]
     assert back[0].item == item and (back[0].sha256, back[0].width, back[0].height) == ("aa", 40, 30)
+    assert back[0].metadata == metadata
     assert back[0].pixels is not None and torch.equal(back[0].pixels, pixels)
     # Without image_size (the driver's side) decoded rows come back without pixels.
     assert batch_to_results(results_to_batch(results))[0].pixels is None

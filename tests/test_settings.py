@@ -149,7 +149,7 @@ def test_relative_paths_in_a_config_file_are_taken_from_its_folder(tmp_path: Pat
     path = _write_config(
         tmp_path / "conf" / "loupe.yaml",
         "data_dir: index\nmodel:\n  models_dir: weights\n  weights: nets/mine.pt\n"
-        "search:\n  reference_folders: [originals, /archive]\n",
+        "search:\n  reference_folders: [originals, /mnt/archive]\n",
     )
     elsewhere = tmp_path / "work"
     elsewhere.mkdir()
@@ -157,7 +157,7 @@ def test_relative_paths_in_a_config_file_are_taken_from_its_folder(tmp_path: Pat
     assert config.data_dir == tmp_path / "conf" / "index"
     assert config.model.models_dir == tmp_path / "conf" / "weights"
     assert config.model.weights == str(tmp_path / "conf" / "nets" / "mine.pt")
-    assert config.search.reference_folders == (tmp_path / "conf" / "originals", Path("/archive"))
+    assert config.search.reference_folders == (tmp_path / "conf" / "originals", Path("/mnt/archive"))
     # A file named relative to the working directory: its folder, still.
     relative = resolve_settings(Requested(config_file=Path("conf/loupe.yaml")), environ={}, cwd=tmp_path).config
     assert relative.data_dir == tmp_path / "conf" / "index"

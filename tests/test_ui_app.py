@@ -10,6 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from indexer.pipeline import run_build
+from search.keeper import KEEPER_RULE_WORDS
 from tests.conftest import PHOTOS, new_postgres_database, small_config
 
 APP = str(Path(__file__).resolve().parent.parent / "ui" / "app.py")
@@ -120,6 +121,10 @@ def test_duplicates_page(app: AppTest) -> None:
     captions = _captions(app)
     assert any(c.startswith("★ suggested original") for c in captions)
     assert any(c.startswith("exact copy") and "moon" in c for c in captions)
+    # The keeper rule that chose the original, in words, and each photo's format from its header.
+    (group,) = app.expander
+    assert group.label.endswith(tuple(f"({words})" for words in KEEPER_RULE_WORDS.values())), group.label
+    assert all(c.rstrip().endswith("JPEG") for c in captions if "moon" in c)
     assert app.get("download_button")
 
 

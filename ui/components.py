@@ -133,15 +133,24 @@ def results_grid(
 MATCH_WORDS = {"flipped": "mirrored copy", "rotated": "rotated copy", "local": "contains the query"}
 
 
+def metadata_caption(photo: PhotoRecord | SearchResult) -> str:
+    """What the photo's header says, in one line (format · capture date · camera), or "" when nothing."""
+    taken = None if photo.capture_time is None else f"taken {photo.capture_time:%Y-%m-%d %H:%M}"
+    camera = " ".join(part for part in (photo.camera_make, photo.camera_model) if part) or None
+    return " · ".join(part for part in (photo.file_format, taken, camera) if part)
+
+
 def caption_of(result: SearchResult) -> str:
     path = Path(result.path)
     how = MATCH_WORDS.get(result.match)
     if how is not None and result.box is not None:
         how += " at {},{}-{},{}".format(*result.box)
+    details = metadata_caption(result)
     return (
         f"#{result.rank} · {result.score:.3f} · {result.label}"
         + (f" · {how}" if how else "")
         + f"  \n**{path.name}**  \n{path.parent}"
+        + (f"  \n{details}" if details else "")
     )
 
 
@@ -167,8 +176,10 @@ def compare_view(engine: SearchEngine, query: QueryChoice, key: str) -> None:
                 st.warning("This photo can no longer be read.")
             else:
                 st.image(image, caption=Path(photo.path).name, width="stretch")
+            details = metadata_caption(photo)
             st.caption(
                 f"{photo.width} x {photo.height} px · {photo.size_bytes / 1e6:.2f} MB · id {photo.id}  \n{photo.path}"
+                + (f"  \n{details}" if details else "")
             )
         if st.button("Close", key=f"{key}-close-compare"):
             st.session_state.pop(f"{key}-compare", None)

@@ -1,4 +1,5 @@
-"""Duplicates review: groups of near-identical photos, the suggested original first, as CSV too."""
+"""Duplicates review: groups of near-identical photos, the suggested original first (with the keeper rule
+that chose it), as CSV too."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from pathlib import Path
 import streamlit as st
 
 from indexer.calibration_store import describe_threshold
+from indexer.duplicate_decisions import load_decisions
 from search.cli import write_duplicates_csv
 from search.duplicates import DuplicateGroup, find_duplicate_groups
+from search.keeper import KEEPER_RULE_WORDS
+from ui.components import metadata_caption
 from ui.state import require_engine
 from ui.thumbnails import thumbnail
 
@@ -29,10 +33,11 @@ threshold = st.slider(
     format="%.3f",
     key=f"{KEY}-threshold",
 )
-cache_key = (threshold, engine.catalog.revision())
+decisions = load_decisions(engine.catalog)  # a --keep or --dismiss since the last run regroups
+cache_key = (threshold, engine.catalog.revision(), decisions)
 if st.session_state.get(f"{KEY}-key") != cache_key:
     with st.spinner("Grouping..."):
-        st.session_state[f"{KEY}-groups"] = find_duplicate_groups(engine, threshold)
+        st.session_state[f"{KEY}-groups"] = find_duplicate_groups(engine, threshold, decisions=decisions)
         st.session_state[f"{KEY}-key"] = cache_key
 groups: list[DuplicateGroup] = st.session_state[f"{KEY}-groups"]
 
@@ -48,8 +53,9 @@ st.download_button("Download the groups as CSV", buffer.getvalue(), file_name="d
 member_ids = [m.id for group in groups[:GROUPS_SHOWN] for m in group.members]
 records = engine.catalog.photos(member_ids)
 for number, group in enumerate(groups[:GROUPS_SHOWN], start=1):
+    why = KEEPER_RULE_WORDS.get(group.keeper_rule, group.keeper_rule)
     with st.expander(
-        f"Group {number}: {len(group.members)} photos — {Path(group.original.path).name}", expanded=number <= 3
+        f"Group {number}: {len(group.members)} photos — {Path(group.original.path).name} ({why})", expanded=number <= 3
     ):
         columns = st.columns(min(5, len(group.members)))
         for position, member in enumerate(group.members):
@@ -64,8 +70,10 @@ for number, group in enumerate(groups[:GROUPS_SHOWN], start=1):
                     kind = "exact copy"
                 else:
                     kind = f"similarity {member.score:.3f}"
+                details = metadata_caption(photo) if photo is not None else ""
                 st.caption(
                     f"{kind}  \n**{Path(member.path).name}**  \n{member.width} x {member.height} · {member.path}"
+                    + (f"  \n{details}" if details else "")
                 )
 if len(groups) > GROUPS_SHOWN:
     st.caption(f"Showing the {GROUPS_SHOWN} largest groups; the CSV has all {len(groups)}.")
