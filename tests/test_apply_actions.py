@@ -75,16 +75,17 @@ def test_dry_run_prints_the_plan_and_changes_nothing(collection: Collection, sea
     lines = table.stdout.splitlines()
     assert lines[-1] == "dry run: nothing changed; add --yes to act"
     assert lines[0].startswith("plan: move:") and "5 groups (10 photos)" in lines[0]
-    assert "4 to act on, 1 left alone" in lines[0]
-    assert sum(1 for line in lines if "keeper chosen by rule 'pixels'" in line) == 5
-    for relative in DUPLICATES:
+    # The reference folder's copy is its group's keeper (keeper rule 'reference'); its other photo is acted on.
+    assert "5 to act on, 0 left alone" in lines[0]
+    assert sum(1 for line in lines if "keeper chosen by rule '" in line) == 5
+    assert sum(1 for line in lines if "keeper chosen by rule 'reference'" in line) == 1
+    for relative in [*DUPLICATES[:4], KEEPER_OF["ref/lighthouse.jpg"]]:
         (line,) = [line for line in lines if f" {collection.path(relative)}" in line]
-        if relative.startswith("ref/"):
-            assert line.split()[0] == "leave" and "reference folder" in line
-        else:
-            assert line.split()[0] == "move" and line.endswith(str(tmp_path / "dups" / Path(relative).name))
+        assert line.split()[0] == "move" and line.endswith(str(tmp_path / "dups" / Path(relative).name))
+    (line,) = [line for line in lines if f" {collection.path('ref/lighthouse.jpg')}" in line]
+    assert line.split()[:2] == ["keep", "keeper"]
     payload = json.loads(search("duplicates", "--apply", "trash", *reference, *data, "--json").stdout)
-    assert payload["dry_run"] is True and payload["action"] == "trash" and payload["to_act"] == 4
+    assert payload["dry_run"] is True and payload["action"] == "trash" and payload["to_act"] == 5
     member = next(item for item in payload["items"] if item["path"] == str(collection.path("copies/clock-half.jpg")))
     assert member["keeper"] == str(collection.path("scikit-image__clock_motion.jpg"))
     assert member["keeper_rule"] == "pixels" and 0.999 <= member["score"] < 1 and member["decision"] == "act"
@@ -103,13 +104,13 @@ def test_move_then_undo(collection: Collection, search: Run, tmp_path: Path) -> 
         "--threshold", str(THRESHOLD), "--reference", str(collection.photos / "ref"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "move:" in result.stdout and "4 done, 0 skipped, 0 failed" in result.stdout
+    assert "move:" in result.stdout and "5 done, 0 skipped, 0 failed" in result.stdout
     journal = Path(result.stdout.split("journal: ", 1)[1].split()[0])
     assert f"to undo: python -m search undo {journal} --data-dir {collection.data}" in result.stdout
     assert journal.parent == collection.data / "journals" and journal.name.startswith("apply-")
 
     assert (dups / "rocket-copy.jpg").read_bytes() == b"not a photo of Loupe's"
-    moved = {relative: dups / Path(relative).name for relative in DUPLICATES[:4]}
+    moved = {relative: dups / Path(relative).name for relative in [*DUPLICATES[:4], KEEPER_OF["ref/lighthouse.jpg"]]}
     moved["copies/rocket-copy.jpg"] = dups / "copies" / "rocket-copy.jpg"
     after = tree_state(collection.photos)
     ids = {row[0]: id_ for id_, row in catalog_rows(collection).items()}
@@ -127,7 +128,7 @@ def test_move_then_undo(collection: Collection, search: Run, tmp_path: Path) -> 
 
     undone = search("undo", str(journal), "--data-dir", str(collection.data))
     assert undone.returncode == 0, undone.stderr
-    assert "4 undone, 0 with nothing to undo, 0 refused, 0 failed" in undone.stdout
+    assert "5 undone, 0 with nothing to undo, 0 refused, 0 failed" in undone.stdout
     assert tree_state(collection.photos) == before and catalog_rows(collection) == rows
     assert tree_state(dups) == {"rocket-copy.jpg": tree_state(dups)["rocket-copy.jpg"]}
     assert unfinished_journals(collection.data) == []
