@@ -1,27 +1,58 @@
-"""Shared fixtures: a few real photos, a small test config, the real network with random weights, and the
-catalog database (``db_url``: SQLite in the data dir, then a throwaway PostgreSQL server)."""
+"""Shared fixtures: a few real photos, a small test config, the real network with random weights, the
+catalog database (``db_url``: SQLite in the data dir, then a throwaway PostgreSQL server), an indexed
+collection and the app on it under ``AppTest``, a record of the files the process opens, and the optional
+dependencies that CI requires (``LOUPE_REQUIRE_*``)."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 import torch
 
 from indexer.config import LoupeConfig, with_overrides
 from indexer.encoder import LoadedModel, load_model
+from indexer.image_threads import one_intra_op_thread
+from indexer.pipeline import run_build
 from indexer.settings import ENVIRONMENT_VARIABLES
 from tests.pg_server import REQUIRE_ENV, PostgresServer, ServerUnavailableError
 
+if TYPE_CHECKING:
+    from streamlit.testing.v1 import AppTest
+
+REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
 PHOTOS = DATA / "photos"
 TEST_IMAGE_SIZE = 64
+APP = REPO / "ui" / "app.py"
+RAY_REQUIRE_ENV = "LOUPE_REQUIRE_RAY"
+
+
+def unavailable(reason: str, require_env: str) -> NoReturn:
+    """Skip a test that needs what this machine lacks; fail it where ``require_env=1`` (CI sets it), so a
+    missing or broken dependency can never pass CI as a skip."""
+    if os.environ.get(require_env) == "1":
+        pytest.fail(f"{reason} ({require_env}=1)")
+    pytest.skip(reason)
+
+
+def required_module(name: str, require_env: str, install: str) -> ModuleType:
+    """``import name``, or :func:`unavailable`: a missing module and one that fails to import (any error,
+    not only ``ImportError``: a broken install) alike."""
+    try:
+        return importlib.import_module(name)
+    except Exception as error:
+        unavailable(f"{name} cannot be imported ({type(error).__name__}: {error}); {install}", require_env)
 
 
 @pytest.fixture(scope="session")
@@ -112,9 +143,7 @@ def new_postgres_database(request: pytest.FixtureRequest) -> str:
     """A fresh database on the session's server; skip (or fail, with LOUPE_REQUIRE_POSTGRES=1) without one."""
     server = request.getfixturevalue("postgres_server")
     if isinstance(server, str):
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(f"{server} ({REQUIRE_ENV}=1)")
-        pytest.skip(server)
+        unavailable(server, REQUIRE_ENV)
     return server.create_database()
 
 
@@ -142,3 +171,84 @@ def ui_served_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
     ``.streamlit/config.toml`` says, and with none Streamlit's default (every interface), which the app
     refuses. Loopback, wherever pytest is started; the tests of that refusal set their own."""
     serve_ui_at(monkeypatch, "127.0.0.1")
+
+
+# --- an indexed collection and the app on it ---------------------------------------------------------
+
+
+def indexed_collection(
+    root: Path, names: Sequence[str] | None = None, add: Callable[[Path], None] | None = None
+) -> tuple[Path, Path]:
+    """(photos, data dir) under ``root``: copies of the test photos ``names`` (all of them when None) plus
+    whatever ``add`` writes into the photos folder, every one built into the data dir with
+    :func:`small_config`."""
+    photos = root / "photos"
+    photos.mkdir(parents=True)
+    for name in sorted(path.name for path in PHOTOS.iterdir()) if names is None else names:
+        shutil.copy(PHOTOS / name, photos / name)
+    if add is not None:
+        add(photos)
+    with one_intra_op_thread():
+        summary = run_build(small_config(root / "data"), [photos], show_progress=False)
+    assert (summary.scanned, summary.failed) == (len(list(photos.iterdir())), 0)
+    return photos, root / "data"
+
+
+def open_app(data_dir: Path, monkeypatch: pytest.MonkeyPatch, config: str = "") -> AppTest:
+    """The app under ``AppTest`` on the collection in ``data_dir``, after its first run. ``config`` is the
+    text of its config file, which always exists so that no ``./config.yaml`` of the working folder is read
+    (one file per text, beside the data dir: tests that share a collection never see each other's)."""
+    from streamlit.testing.v1 import AppTest
+
+    path = data_dir.parent / f"app-config-{hashlib.sha256(config.encode()).hexdigest()[:12]}.yaml"
+    path.write_text(config, encoding="utf-8")
+    monkeypatch.setenv("LOUPE_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("LOUPE_CONFIG", str(path))
+    return AppTest.from_file(str(APP), default_timeout=120).run()
+
+
+def captions(at: AppTest) -> list[str]:
+    return [caption.value for caption in at.caption]
+
+
+def result_captions(at: AppTest) -> list[str]:
+    """The captions of the results grid ("#1 · 0.93 ...")."""
+    return [caption for caption in captions(at) if caption.startswith("#")]
+
+
+# --- the files the process opens --------------------------------------------------------------------
+
+# Audit hooks cannot be removed: one hook for the session, which records only while a block is open.
+_open_records: list[list[str]] = []
+_open_hook_installed = False
+
+
+def _record_open(event: str, args: tuple[Any, ...]) -> None:
+    # Python's "open" audit event: open(), io.open, os.open and the import system's reads. args[0] is an
+    # int where a file descriptor is wrapped, which opens nothing.
+    if event == "open" and _open_records and isinstance(args[0], str | bytes | os.PathLike):
+        path = os.path.abspath(os.fsdecode(args[0]))
+        for record in _open_records:
+            record.append(path)
+
+
+@contextlib.contextmanager
+def opened_files() -> Iterator[list[str]]:
+    """The absolute paths of every file the process opens from Python inside the block, in any thread
+    (``AppTest`` runs the script in one of its own)."""
+    global _open_hook_installed
+    if not _open_hook_installed:
+        sys.addaudithook(_record_open)
+        _open_hook_installed = True
+    record: list[str] = []
+    _open_records.append(record)
+    try:
+        yield record
+    finally:
+        _open_records.remove(record)
+
+
+def opened_outside(opened: Iterable[str], *allowed: Path | str) -> list[str]:
+    """The paths in ``opened`` that are neither one of ``allowed`` nor inside one of them."""
+    roots = [Path(os.path.abspath(root)) for root in allowed]
+    return [path for path in opened if not any(Path(path).is_relative_to(root) for root in roots)]

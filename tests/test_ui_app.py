@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
-from collections.abc import Iterator
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,43 +12,43 @@ from streamlit.testing.v1 import AppTest
 
 from indexer.pipeline import run_build
 from search.keeper import KEEPER_RULE_WORDS
-from tests.conftest import PHOTOS, new_postgres_database, small_config
-
-APP = str(Path(__file__).resolve().parent.parent / "ui" / "app.py")
+from tests.conftest import (
+    PHOTOS,
+    REPO,
+    captions,
+    indexed_collection,
+    new_postgres_database,
+    open_app,
+    opened_files,
+    opened_outside,
+    result_captions,
+    small_config,
+)
+from ui.thumbnails import thumbnail_dir
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("ui")
-    shutil.copytree(PHOTOS, root / "photos")
-    shutil.copy(PHOTOS / "scikit-image__moon.jpg", root / "photos" / "moon-copy.jpg")
-    run_build(small_config(root / "data"), [root / "photos"], show_progress=False)
-    return root / "data"
+    def add_a_copy(photos: Path) -> None:
+        shutil.copy(PHOTOS / "scikit-image__moon.jpg", photos / "moon-copy.jpg")
+
+    return indexed_collection(tmp_path_factory.mktemp("ui"), add=add_a_copy)[1]
 
 
 @pytest.fixture()
-def app(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AppTest]:
-    monkeypatch.setenv("LOUPE_DATA_DIR", str(data_dir))
-    monkeypatch.delenv("LOUPE_CONFIG", raising=False)
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.run()
-    yield at
-
-
-def _captions(at: AppTest) -> list[str]:
-    return [caption.value for caption in at.caption]
+def app(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    return open_app(data_dir, monkeypatch)
 
 
 def test_missing_index_shows_how_to_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LOUPE_DATA_DIR", str(tmp_path / "nothing-here"))
-    at = AppTest.from_file(APP, default_timeout=60).run()
+    at = open_app(tmp_path / "nothing-here", monkeypatch)
     assert not at.exception
     assert any("python -m indexer build" in info.value for info in at.info)
 
 
 def test_header_shows_the_collection_and_the_random_weights_warning(app: AppTest) -> None:
     assert not app.exception
-    header = _captions(app)[0]
+    header = captions(app)[0]
     assert "13 images (0 failed)" in header and "64 px" in header and "IDMap2,Flat" in header
     assert any("RANDOM weights" in error.value for error in app.error)
 
@@ -56,8 +57,7 @@ def test_search_by_indexed_photo_more_like_this_and_compare(app: AppTest) -> Non
     app.radio(key="search-source").set_value("Pick an indexed photo").run()
     app.text_input(key="search-name").input("coffee").run()
     assert not app.exception
-    captions = _captions(app)
-    results = [c for c in captions if c.startswith("#")]
+    results = result_captions(app)
     assert results[0].startswith("#1 · 1.000 · exact") and "scikit-image__coffee.jpg" in results[0]
     assert len(results) == 13  # the slider starts at twice search.default_k (20), capped by the collection
 
@@ -76,7 +76,7 @@ def test_search_by_upload_and_its_limits(app: AppTest) -> None:
         "q.jpg", (PHOTOS / "scikit-image__rocket.jpg").read_bytes(), "image/jpeg"
     ).run()
     assert not app.exception
-    results = [c for c in _captions(app) if c.startswith("#")]
+    results = result_captions(app)
     assert "scikit-image__rocket.jpg" in results[0] and "exact" in results[0]
 
     app.file_uploader(key="search-upload").upload("bad.jpg", b"<html>nope</html>", "image/jpeg").run()
@@ -88,18 +88,31 @@ def test_filters_in_the_sidebar(app: AppTest) -> None:
     app.radio(key="search-source").set_value("Pick an indexed photo").run()
     app.text_input(key="search-name").input("moon").run()
     app.sidebar.slider(key="search-k").set_value(3).run()
-    results = [c for c in _captions(app) if c.startswith("#")]
+    results = result_captions(app)
     assert len(results) == 3
     app.text_input(key="search-under").input("/nowhere").run()
-    assert not [c for c in _captions(app) if c.startswith("#")]
+    assert not result_captions(app)
     assert any("No photo passes the filters" in info.value for info in app.info)
 
 
-def test_name_search_never_reads_outside_the_catalog(app: AppTest) -> None:
+def test_name_search_never_reads_outside_the_catalog(app: AppTest, data_dir: Path) -> None:
+    photos = data_dir.parent / "photos"
     app.radio(key="search-source").set_value("Pick an indexed photo").run()
-    app.text_input(key="search-name").input("../../../etc/passwd").run()
+    with opened_files() as opened:
+        app.text_input(key="search-name").input("../../../etc/passwd").run()
     assert not app.exception
     assert any("No indexed photo matches" in info.value for info in app.info)
+    # The run read its code, its settings and the index's pointer files: no photo, no thumbnail, and
+    # nothing the name points at (the app runs in the repository, where the name is /etc/passwd).
+    outside = opened_outside(opened, REPO, sys.prefix, sys.base_prefix, os.environ["LOUPE_CONFIG"], data_dir)
+    assert not outside, outside
+    thumbnails = [path for path in opened if Path(path).is_relative_to(thumbnail_dir(data_dir))]
+    assert not thumbnails, thumbnails
+
+    # The record sees a photo being read: a name in the catalog opens that photo.
+    with opened_files() as opened:
+        app.text_input(key="search-name").input("coffee").run()
+    assert str((photos / "scikit-image__coffee.jpg").resolve()) in opened
 
 
 def test_region_page(app: AppTest) -> None:
@@ -107,10 +120,17 @@ def test_region_page(app: AppTest) -> None:
     app.radio(key="region-source").set_value("Pick an indexed photo").run()
     app.text_input(key="region-name").input("astronaut").run()
     assert not app.exception
-    results = [c for c in _captions(app) if c.startswith("#")]
+    results = result_captions(app)
     assert results and "scikit-image__astronaut.jpg" in results[0] and "box" in results[0]
+    plain = [image.value for image in app.image]
     app.sidebar.toggle(key="region-heatmaps").set_value(True).run()
-    assert not app.exception and len(app.image) > len(results)
+    assert not app.exception
+    tinted = [image.value for image in app.image]
+    # Streamlit names each image it serves by a hash of its bytes. The query with its box comes first and
+    # stays as it was; every result is shown again, as other bytes: tinted by its heatmap.
+    assert len(tinted) == len(plain) == len(results) + 1
+    assert tinted[0] == plain[0]
+    assert all(with_heatmap != without for with_heatmap, without in zip(tinted[1:], plain[1:], strict=True))
 
 
 def test_duplicates_page(app: AppTest) -> None:
@@ -118,13 +138,13 @@ def test_duplicates_page(app: AppTest) -> None:
     app.slider(key="duplicates-threshold").set_value(0.99).run()
     assert not app.exception
     assert any("1 groups" in md.value for md in app.markdown)
-    captions = _captions(app)
-    assert any(c.startswith("★ suggested original") for c in captions)
-    assert any(c.startswith("exact copy") and "moon" in c for c in captions)
+    shown = captions(app)
+    assert any(c.startswith("★ suggested original") for c in shown)
+    assert any(c.startswith("exact copy") and "moon" in c for c in shown)
     # The keeper rule that chose the original, in words, and each photo's format from its header.
     (group,) = app.expander
     assert group.label.endswith(tuple(f"({words})" for words in KEEPER_RULE_WORDS.values())), group.label
-    assert all(c.rstrip().endswith("JPEG") for c in captions if "moon" in c)
+    assert all(c.rstrip().endswith("JPEG") for c in shown if "moon" in c)
     assert app.get("download_button")
 
 
@@ -137,9 +157,7 @@ def test_the_app_reads_a_postgresql_catalog(
     for name in ("scikit-image__moon.jpg", "scikit-image__rocket.jpg"):
         shutil.copy(PHOTOS / name, photos)
     run_build(small_config(tmp_path / "data", db_url), [photos], show_progress=False)
-    monkeypatch.setenv("LOUPE_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("LOUPE_DB_URL", db_url)
-    monkeypatch.delenv("LOUPE_CONFIG", raising=False)
-    at = AppTest.from_file(APP, default_timeout=120).run()
+    at = open_app(tmp_path / "data", monkeypatch)
     assert not at.exception
-    assert "2 images (0 failed)" in _captions(at)[0]
+    assert "2 images (0 failed)" in captions(at)[0]
