@@ -29,7 +29,7 @@ from indexer.report import collection_status
 from indexer.summary import status_lines
 from loupe.cli import main as loupe_main
 from search.engine import SearchEngine
-from tests.conftest import PHOTOS, call_in_process, small_config
+from tests.conftest import PHOTOS, call_in_process, open_app, small_config
 
 # The maths -------------------------------------------------------------------------------------
 
@@ -233,16 +233,13 @@ def test_saved_calibrations_latest_first(tmp_path: Path) -> None:
 
 
 def test_the_ui_says_the_threshold_in_words(collection: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from streamlit.testing.v1 import AppTest
-
-    monkeypatch.setenv("LOUPE_DATA_DIR", str(collection / "data"))
     engine = SearchEngine.open(small_config(collection / "data"))
     try:
         threshold, calibration = engine.near_duplicate_threshold()
     finally:
         engine.close()
     assert calibration is not None
-    app = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "ui" / "app.py"), default_timeout=120).run()
+    app = open_app(collection / "data", monkeypatch)
     words = describe_threshold(threshold, calibration)
     assert words.startswith("near-duplicate: score ≥ ") and "times in 100 and finds" in words
     assert words in [caption.value for caption in app.caption]

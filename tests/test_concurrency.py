@@ -20,17 +20,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from streamlit.testing.v1 import AppTest
 
 from indexer.lock import BuildLockedError
 from indexer.pipeline import run_build
 from search.engine import SearchEngine
-from tests.conftest import PHOTOS, TEST_IMAGE_SIZE, small_config
+from tests.conftest import PHOTOS, TEST_IMAGE_SIZE, open_app, small_config
 from tests.crash_harness import HARNESS_FILE, harness_env, one_torch_thread
 
 pytestmark = pytest.mark.slow
 
-APP = str(Path(__file__).resolve().parent.parent / "ui" / "app.py")
 SMALL = ["--weights", "random", "--image-size", str(TEST_IMAGE_SIZE), "--device", "cpu"]
 
 
@@ -99,9 +97,7 @@ def test_searches_answer_from_the_last_commit_while_a_writer_is_frozen(
         by_upload = engine.search_image((photos / "scikit-image__rocket.jpg").read_bytes(), 3)
         assert by_upload[0].label == "exact" and by_upload[0].path.endswith("scikit-image__rocket.jpg")
 
-        monkeypatch.setenv("LOUPE_DATA_DIR", str(data))
-        monkeypatch.delenv("LOUPE_CONFIG", raising=False)
-        app = AppTest.from_file(APP, default_timeout=120).run()
+        app = open_app(data, monkeypatch)
         app.radio(key="search-source").set_value("Pick an indexed photo").run()
         app.text_input(key="search-name").input("coffee").run()
         assert not app.exception

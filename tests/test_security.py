@@ -8,9 +8,9 @@ import io
 import os
 import shutil
 import struct
+import sys
 import tomllib
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +24,18 @@ from indexer.catalog import Catalog
 from indexer.config import ModelConfig
 from indexer.encoder import load_model
 from indexer.errors import WeightsError
-from indexer.pipeline import run_build
 from search.engine import SearchEngine
-from tests.conftest import PHOTOS, small_config
-from tests.crash_harness import one_torch_thread
+from tests.conftest import (
+    REPO,
+    indexed_collection,
+    open_app,
+    opened_files,
+    opened_outside,
+    result_captions,
+    small_config,
+)
 from ui.thumbnails import full_image, thumbnail, thumbnail_dir
 
-REPO = Path(__file__).resolve().parents[1]
-APP = str(REPO / "ui" / "app.py")
 QUERY_BYTES = 300_000
 QUERY_PIXELS = 4_000_000
 NASTY_NAMES = [
@@ -70,26 +74,19 @@ def _tree(*roots: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(photos, data dir): three test photos plus files whose names are SQL and LIKE metacharacters."""
-    root = tmp_path_factory.mktemp("security")
-    photos = root / "photos"
-    photos.mkdir()
-    for name in ("scikit-image__coffee.jpg", "scikit-image__rocket.jpg", "scikit-image__moon.jpg"):
-        shutil.copy(PHOTOS / name, photos / name)
-    for i, name in enumerate(NASTY_NAMES):
-        _noise(i).save(photos / name, "JPEG")
-    with one_torch_thread():
-        summary = run_build(small_config(root / "data"), [photos], show_progress=False)
-    assert summary.new == 3 + len(NASTY_NAMES)
-    return photos, root / "data"
+
+    def add_nasty_names(photos: Path) -> None:
+        for i, name in enumerate(NASTY_NAMES):
+            _noise(i).save(photos / name, "JPEG")
+
+    names = ("scikit-image__coffee.jpg", "scikit-image__rocket.jpg", "scikit-image__moon.jpg")
+    return indexed_collection(tmp_path_factory.mktemp("security"), names, add_nasty_names)
 
 
 @pytest.fixture()
-def app(collection: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AppTest]:
-    config = tmp_path / "config.yaml"
-    config.write_text(f"search:\n  max_query_bytes: {QUERY_BYTES}\n  max_query_pixels: {QUERY_PIXELS}\n")
-    monkeypatch.setenv("LOUPE_DATA_DIR", str(collection[1]))
-    monkeypatch.setenv("LOUPE_CONFIG", str(config))
-    yield AppTest.from_file(APP, default_timeout=120).run()
+def app(collection: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    config = f"search:\n  max_query_bytes: {QUERY_BYTES}\n  max_query_pixels: {QUERY_PIXELS}\n"
+    return open_app(collection[1], monkeypatch, config)
 
 
 # --- the UI reads only indexed files, and only the bytes that were indexed --------------------------
@@ -123,19 +120,38 @@ def test_a_photo_swapped_for_a_symlink_after_indexing_is_not_shown(
         engine.close()
 
 
-def test_crafted_selections_never_reach_a_file(app: AppTest) -> None:
+def _indexed_paths(data: Path) -> set[str]:
+    catalog = Catalog.open(small_config(data).resolved_db_url, create=False)
+    try:
+        ids, _ = catalog.indexed_ids()
+        return {photo.path for photo in catalog.photos(ids.tolist()).values()}
+    finally:
+        catalog.close()
+
+
+def test_crafted_selections_never_reach_a_file(collection: tuple[Path, Path], app: AppTest) -> None:
+    _, data = collection
     app.radio(key="search-source").set_value("Pick an indexed photo").run()
-    for name in ("../../../../etc/passwd", "/etc/passwd", "%", "_"):
-        app.text_input(key="search-name").input(name).run()
-        assert not app.exception
-    # A browser only sends widget values (the photo selectbox accepts catalog ids only). Ids that are not
-    # in the catalog (removed by a build between two reruns) show nothing and read nothing.
-    app.session_state["search-more-like"] = 10**9
-    app.session_state["search-compare"] = 10**9 + 1
-    app.run()
+    with opened_files() as opened:
+        for name in ("../../../../etc/passwd", "/etc/passwd", "%", "_"):
+            app.text_input(key="search-name").input(name).run()
+            assert not app.exception
+        # A browser only sends widget values (the photo selectbox accepts catalog ids only). Ids that are
+        # not in the catalog (removed by a build between two reruns) show nothing and read nothing.
+        app.session_state["search-more-like"] = 10**9
+        app.session_state["search-compare"] = 10**9 + 1
+        app.run()
     assert not app.exception
     assert not [c for c in app.caption if "passwd" in c.value]
     assert "search-compare" not in app.session_state
+    # Every file the reruns opened is the app's code or settings, the data dir's, or an indexed photo ("%"
+    # and "_" match indexed names, which are shown: the record sees those reads).
+    indexed = _indexed_paths(data)
+    photos_read = indexed.intersection(opened)
+    assert photos_read, "no indexed photo was read: the record of opened files missed the reads"
+    settings = os.environ["LOUPE_CONFIG"]
+    outside = opened_outside(opened, REPO, sys.prefix, sys.base_prefix, settings, data, *photos_read)
+    assert not outside, outside
 
 
 # --- uploads: bounded, decoded in memory, never written ------------------------------------------
@@ -150,7 +166,7 @@ def test_uploads_are_bounded_and_leave_no_file_behind(collection: tuple[Path, Pa
     upload = _png(_noise(5), pnginfo=info)
     app.file_uploader(key="search-upload").upload("query.png", upload, "image/png").run()
     assert not app.exception
-    assert [c for c in app.caption if c.value.startswith("#")], "the upload was not searched"
+    assert result_captions(app), "the upload was not searched"
 
     too_big = _png(_noise(6, 400, 400))
     assert len(too_big) > QUERY_BYTES

@@ -7,7 +7,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -22,14 +21,11 @@ from streamlit.testing.v1 import AppTest
 
 from indexer.config import UIConfig
 from indexer.errors import LoupeError
-from indexer.pipeline import run_build
 from indexer.report import RANDOM_WEIGHTS_WARNING
-from tests.conftest import PHOTOS, serve_ui_at, small_config
-from tests.crash_harness import one_torch_thread
+from tests.conftest import REPO, indexed_collection, open_app, serve_ui_at
 from ui.launch import APP, LOOPBACK, STREAMLIT_OPTIONS, streamlit_command
 from ui.serving import RemoteServingRefusedError, check_serving_address, is_local_address, remote_serving_refusal
 
-REPO = Path(__file__).resolve().parents[1]
 PHOTO_NAMES = ("scikit-image__coffee.jpg", "scikit-image__rocket.jpg", "scikit-image__moon.jpg")
 LISTEN = "0A"  # the TCP state "listen" in /proc/net/tcp
 
@@ -87,24 +83,12 @@ def test_remote_serving_is_off_by_default() -> None:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("ui-serving")
-    photos = root / "photos"
-    photos.mkdir()
-    for name in PHOTO_NAMES:
-        shutil.copy(PHOTOS / name, photos / name)
-    with one_torch_thread():
-        summary = run_build(small_config(root / "data"), [photos], show_progress=False)
-    assert summary.new == len(PHOTO_NAMES)
-    return root / "data"
+    return indexed_collection(tmp_path_factory.mktemp("ui-serving"), PHOTO_NAMES)[1]
 
 
 def _app(data_dir: Path, monkeypatch: pytest.MonkeyPatch, address: str | None, config_text: str = "") -> AppTest:
-    config = data_dir.parent / "ui.yaml"
-    config.write_text(config_text)
-    monkeypatch.setenv("LOUPE_DATA_DIR", str(data_dir))
-    monkeypatch.setenv("LOUPE_CONFIG", str(config))
     serve_ui_at(monkeypatch, address)
-    return AppTest.from_file(str(APP), default_timeout=120).run()
+    return open_app(data_dir, monkeypatch, config_text)
 
 
 def _shows_the_collection(at: AppTest) -> bool:
