@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from PIL import Image
 from indexer.decode import _ORIENTATION_TRANSPOSE, DecodeLimits
 from indexer.device_decode import decode_on_device, jpeg_for_device, orient
 from indexer.encoder import Encoder, LoadedModel
-from indexer.reader import WorkItem, collate, finish_on_device, read_one
+from indexer.reader import ReadResult, WorkItem, collate, finish_on_device, read_one
 from tests.conftest import TEST_IMAGE_SIZE
 
 LIMITS = DecodeLimits(max_pixels=50_000_000, max_file_bytes=1 << 30)
@@ -97,17 +98,38 @@ def test_device_batch_embeds_like_the_cpu_path(tmp_path: Path, random_model: Loa
     assert cosines.min() > 0.999
 
 
-def test_a_jpeg_the_device_rejects_goes_through_the_cpu_path(tmp_path: Path) -> None:
+def test_a_jpeg_the_device_rejects_goes_through_the_cpu_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import indexer.reader
+
     good = _jpeg(_photo())
     # A valid header whose entropy-coded data is cut short: the header parses, the pixels do not.
     truncated = good[: len(good) // 3]
     items = [_write(tmp_path, "good.jpg", good), _write(tmp_path, "cut.jpg", truncated)]
     deferred = collate([read_one(item, TEST_IMAGE_SIZE, LIMITS, frozenset(), 1) for item in items])
     assert all(result.jpeg is not None for result in deferred.results)
+    # The premise: the device decoder takes the good file and rejects the cut one.
+    device = decode_on_device([result.jpeg for result in deferred.results], TEST_IMAGE_SIZE, CPU)  # type: ignore[misc]
+    assert device[0] is not None and device[1] is None
+
+    cpu_reads: list[str] = []
+
+    def recorded_read_one(item: WorkItem, *args: Any, **kwargs: Any) -> ReadResult:
+        cpu_reads.append(Path(item.path).name)
+        return read_one(item, *args, **kwargs)
+
+    monkeypatch.setattr(indexer.reader, "read_one", recorded_read_one)
     finished = finish_on_device(deferred, TEST_IMAGE_SIZE, LIMITS, CPU)
+    assert cpu_reads == ["cut.jpg"]  # the fallback ran, for the rejected file only
     good_result, cut_result = finished.results
     assert good_result.pixels is not None and good_result.jpeg is None
-    # Whatever the CPU path makes of the cut file (Pillow may decode what is there, or record it as
-    # truncated), it is never left undecided.
-    assert cut_result.jpeg is None
-    assert (cut_result.pixels is not None) != (cut_result.error_reason is not None)
+    assert good_result.pixels.equal(device[0])
+    # The cut file's result is the CPU path's own: here Pillow records it as truncated.
+    on_cpu = read_one(items[1], TEST_IMAGE_SIZE, LIMITS, frozenset())
+    assert on_cpu.error_reason == "truncated" and on_cpu.pixels is None
+    assert cut_result.jpeg is None and cut_result.pixels is None
+    assert (cut_result.sha256, cut_result.error_reason, cut_result.error_message) == (
+        on_cpu.sha256,
+        on_cpu.error_reason,
+        on_cpu.error_message,
+    )
+    assert finished.decoded_positions == [0]
