@@ -34,6 +34,10 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
 PHOTOS = DATA / "photos"
 TEST_IMAGE_SIZE = 64
+# RGB mean and std that are neither birder's "centered" stats (mean = std = 0.5), which the random model and
+# the pretrained file declare, nor another preset, and that differ per channel: a test that uses them fails
+# against hard-coded constants and against swapped channels.
+OTHER_MEAN, OTHER_STD = (0.3, 0.45, 0.6), (0.2, 0.25, 0.3)
 APP = REPO / "ui" / "app.py"
 RAY_REQUIRE_ENV = "LOUPE_REQUIRE_RAY"
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from indexer.encoder import (
 )
 from indexer.errors import ConfigError
 from indexer.preprocess import model_pixels, normalize
-from tests.conftest import PHOTOS, TEST_IMAGE_SIZE
+from tests.conftest import OTHER_MEAN, OTHER_STD, PHOTOS, TEST_IMAGE_SIZE
 
 
 def _pixels(size: int, count: int = 3) -> torch.Tensor:
@@ -27,13 +28,13 @@ def _pixels(size: int, count: int = 3) -> torch.Tensor:
     return torch.stack([model_pixels(image, size) for image in images])
 
 
-def test_preprocessing_equals_birders_inference_preset(random_model: LoadedModel) -> None:
+def test_preprocessing_equals_birders_inference_preset() -> None:
     from birder.data.transforms.classification import inference_preset
 
     image = Image.open(sorted(PHOTOS.glob("*.jpg"))[0]).convert("RGB")
     size = TEST_IMAGE_SIZE
-    preset = inference_preset((size, size), {"mean": random_model.rgb_mean, "std": random_model.rgb_std})
-    ours = normalize(model_pixels(image, size).unsqueeze(0), random_model.rgb_mean, random_model.rgb_std)[0]
+    preset = inference_preset((size, size), {"mean": OTHER_MEAN, "std": OTHER_STD})
+    ours = normalize(model_pixels(image, size).unsqueeze(0), OTHER_MEAN, OTHER_STD)[0]
     torch.testing.assert_close(ours, preset(image), atol=1e-6, rtol=0)
 
 
@@ -45,6 +46,21 @@ def test_random_model_facts(random_model: LoadedModel) -> None:
     assert random_model.rgb_mean == (0.5, 0.5, 0.5) and random_model.rgb_std == (0.5, 0.5, 0.5)
 
 
+def test_random_weights_take_birders_centered_stats(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The random model's mean and std are what birder says its "centered" stats are, not constants of ours
+    (the loaded file's stats: tests/test_weights.py)."""
+    from birder.data.transforms import classification
+
+    real = classification.get_rgb_stats
+
+    def moved_stats(mode: Any) -> Any:
+        return {"mean": OTHER_MEAN, "std": OTHER_STD} if mode == "centered" else real(mode)
+
+    monkeypatch.setattr(classification, "get_rgb_stats", moved_stats)
+    model = load_model(ModelConfig(weights="random", image_size=TEST_IMAGE_SIZE), torch.device("cpu"))
+    assert (model.rgb_mean, model.rgb_std) == (OTHER_MEAN, OTHER_STD)
+
+
 def test_random_weights_are_seeded() -> None:
     first = load_model(ModelConfig(weights="random", image_size=64, random_seed=0), torch.device("cpu"))
     second = load_model(ModelConfig(weights="random", image_size=64, random_seed=0), torch.device("cpu"))
@@ -53,7 +69,8 @@ def test_random_weights_are_seeded() -> None:
 
 
 def test_one_pass_gives_birders_embedding_and_detection_features(random_model: LoadedModel) -> None:
-    encoder = Encoder(random_model, torch.device("cpu"))
+    model = replace(random_model, rgb_mean=OTHER_MEAN, rgb_std=OTHER_STD)
+    encoder = Encoder(model, torch.device("cpu"))
     pixels = _pixels(TEST_IMAGE_SIZE)
     batch = encoder.encode(pixels)
     assert batch.embeddings.shape == (3, 384) and batch.embeddings.dtype == np.float32
@@ -61,13 +78,17 @@ def test_one_pass_gives_birders_embedding_and_detection_features(random_model: L
     grid = TEST_IMAGE_SIZE // 16
     assert batch.patches.shape == (3, grid, grid, 384)
 
-    x = normalize(pixels, random_model.rgb_mean, random_model.rgb_std)
+    # The encoder normalises with the model's own stats: the same network on the same pixels with other
+    # stats gives other vectors.
+    x = normalize(pixels, OTHER_MEAN, OTHER_STD)
     with torch.inference_mode():
-        reference = torch.nn.functional.normalize(random_model.net.embedding(x), dim=1)  # type: ignore[operator]
-        detection = random_model.net.detection_features(x)["stage1"]  # type: ignore[operator]
+        reference = torch.nn.functional.normalize(model.net.embedding(x), dim=1)  # type: ignore[operator]
+        detection = model.net.detection_features(x)["stage1"]  # type: ignore[operator]
     np.testing.assert_allclose(batch.embeddings, reference.numpy(), atol=1e-5)
     torch.testing.assert_close(batch.patches.permute(0, 3, 1, 2), detection, atol=1e-4, rtol=1e-4)
     assert (encoder.calls, encoder.images) == (1, 3)
+    centered = Encoder(random_model, torch.device("cpu")).encode(pixels).embeddings
+    assert (centered * batch.embeddings).sum(axis=1).max() < 0.999
 
 
 def test_batching_does_not_change_embeddings(random_model: LoadedModel) -> None:

@@ -3,13 +3,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from indexer.config import ModelConfig
-from indexer.encoder import load_model
+from indexer.encoder import Encoder, load_model
 from indexer.errors import WeightsError, WeightsUnavailableError
+from indexer.preprocess import normalize
 from indexer.weights import ensure_pretrained_file, pretrained_file, pretrained_file_name, sha256_file
+from tests.conftest import OTHER_MEAN, OTHER_STD
 
 PE_SPATIAL_SHA256 = "4e65e500f2a7d2b11fc28aaa0b1ad4921692780507de014ebc5659e757327fde"
 
@@ -49,7 +52,7 @@ def test_damaged_pretrained_file_is_refused(tmp_path: Path) -> None:
         ensure_pretrained_file(spec)
 
 
-def test_local_pt_file_loads_with_its_hash(tmp_path: Path) -> None:
+def test_local_pt_file_loads_with_its_hash_and_its_stats(tmp_path: Path) -> None:
     from birder.net.base import get_signature
 
     source = load_model(ModelConfig(weights="random", random_seed=3), torch.device("cpu"))
@@ -60,7 +63,8 @@ def test_local_pt_file_loads_with_its_hash(tmp_path: Path) -> None:
             "task": "image_classification",
             "signature": get_signature((1, 3, 512, 512), 0),
             "class_to_idx": {},
-            "rgb_stats": {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},
+            # Not the random model's "centered" stats (0.5, 0.5): the loaded model must carry the file's.
+            "rgb_stats": {"mean": OTHER_MEAN, "std": OTHER_STD},
         },
         path,
     )
@@ -68,9 +72,19 @@ def test_local_pt_file_loads_with_its_hash(tmp_path: Path) -> None:
     assert loaded.weights.kind == "file"
     assert loaded.weights.sha256 == sha256_file(path)
     assert loaded.image_size == 64
+    assert (loaded.rgb_mean, loaded.rgb_std) == (OTHER_MEAN, OTHER_STD)
     for name, tensor in source.net.state_dict().items():
         if "pos_embed" not in name:
             torch.testing.assert_close(loaded.net.state_dict()[name], tensor)
+    # And the encoder normalises with them.
+    pixels = torch.randint(0, 256, (2, 3, 64, 64), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    with torch.inference_mode():
+        expected = loaded.net.embedding(normalize(pixels, OTHER_MEAN, OTHER_STD))  # type: ignore[operator]
+    np.testing.assert_allclose(
+        Encoder(loaded, torch.device("cpu"), "fp32").encode(pixels).embeddings,
+        torch.nn.functional.normalize(expected, dim=1).numpy(),
+        atol=1e-5,
+    )
 
 
 def test_missing_or_foreign_local_file(tmp_path: Path) -> None:
