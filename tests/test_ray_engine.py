@@ -1,18 +1,21 @@
 """The Ray engine builds the same catalog as the local engine, on a local Ray instance.
 
 Ray starts once per session (about 10-20 s); each Ray build then costs a few seconds of actor start-up
-and model loading on top of the work itself.
+and model loading on top of the work itself. The tests that need Ray are skipped where it cannot be
+imported, and fail instead with ``LOUPE_REQUIRE_RAY=1`` (``.ci/run`` sets it); the others run either way.
 """
 
 from __future__ import annotations
 
 import builtins
+import importlib
 import logging
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -26,17 +29,7 @@ from indexer.errors import ConfigError, EngineError, EngineUnavailableError, Wei
 from indexer.patches import pool_patches
 from indexer.photo_metadata import PhotoMetadata
 from indexer.pipeline import BuildSummary, run_build
-from indexer.reader import ReadResult, WorkItem, read_one
-from indexer.vector_index import check_index
-from search.engine import SearchEngine
-from tests.conftest import PHOTOS, small_config
-
-ray = pytest.importorskip("ray")
-
-# Ray Data reads its own deprecated settings when a dataset runs: not ours to fix, and not worth a screen.
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
-
-from indexer.ray_engine import (  # noqa: E402
+from indexer.ray_engine import (
     DecodeStage,
     EmbedStage,
     KnownHashes,
@@ -48,13 +41,27 @@ from indexer.ray_engine import (  # noqa: E402
     require_ray,
     results_to_batch,
 )
+from indexer.reader import ReadResult, WorkItem, read_one
+from indexer.vector_index import check_index
+from search.engine import SearchEngine
+from tests.conftest import PHOTOS, RAY_REQUIRE_ENV, required_module, small_config
+
+# Ray Data reads its own deprecated settings when a dataset runs: not ours to fix, and not worth a screen.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
 
 N_PHOTOS = 12
 COUNTS = ("scanned", "unchanged", "new", "changed", "moved", "copied", "touched", "removed", "failed", "embedded")
 
 
 @pytest.fixture(scope="session")
-def ray_instance() -> Iterator[None]:
+def ray() -> ModuleType:
+    """Ray, with the Ray Data the engine runs on (``indexer.ray_engine.require_ray`` asks for the same)."""
+    required_module("ray.data", RAY_REQUIRE_ENV, "pip install 'loupe[ray]'")
+    return importlib.import_module("ray")
+
+
+@pytest.fixture(scope="session")
+def ray_instance(ray: ModuleType) -> Iterator[None]:
     """One local Ray instance for the whole session: its start-up is the expensive part."""
     if ray.is_initialized():  # pragma: no cover - someone else's instance
         yield
@@ -332,7 +339,7 @@ def test_a_model_actor_with_other_weights_refuses_to_embed(random_model: LoadedM
         torch.set_num_threads(threads)
 
 
-def test_ray_failures_become_typed_errors() -> None:
+def test_ray_failures_become_typed_errors(ray: ModuleType) -> None:
     remote = ray.exceptions.ActorDiedError()
     remote.error_msg = "The actor died...\n  File x\nindexer.errors.WeightsError: weights differ"  # type: ignore[attr-defined]
     error = _engine_error(remote)
