@@ -239,7 +239,8 @@ def _record_open(event: str, args: tuple[Any, ...]) -> None:
 @contextlib.contextmanager
 def opened_files() -> Iterator[list[str]]:
     """The absolute paths of every file the process opens from Python inside the block, in any thread
-    (``AppTest`` runs the script in one of its own)."""
+    (``AppTest`` runs the script in one of its own). Python's opens only: not those of C libraries (SQLite,
+    FAISS), which read the catalog and the index files, paths that no user input chooses."""
     global _open_hook_installed
     if not _open_hook_installed:
         sys.addaudithook(_record_open)

@@ -3,15 +3,19 @@ process boundary is under test (exit codes, output streams, signals), as a funct
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -20,6 +24,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from indexer.cli import main as indexer_main
+from indexer.config import ModelConfig
+from indexer.weights import pretrained_file
 from tests.conftest import TEST_IMAGE_SIZE, call_in_process
 
 pytestmark = pytest.mark.slow
@@ -118,14 +124,59 @@ def test_progress_bar_and_human_summary(photo_dir: Path, tmp_path: Path) -> None
     assert "new 12" in result.stdout and "images/s" in result.stdout
 
 
+class _RefusingProxy(http.server.BaseHTTPRequestHandler):
+    """An HTTP(S) proxy that records what it is asked for and refuses it: downloads fail at once, with the
+    refusal in their error, whether or not the machine is online."""
+
+    REFUSAL = "loupe tests refuse downloads"
+    requests: list[str]
+
+    def do_CONNECT(self) -> None:  # an https:// URL through the proxy
+        self.requests.append(f"CONNECT {self.path}")
+        self.send_error(503, self.REFUSAL)
+
+    def do_GET(self) -> None:  # an http:// URL through the proxy
+        self.requests.append(f"GET {self.path}")
+        self.send_error(503, self.REFUSAL)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def refused_downloads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Route the HTTP(S) of this process's children (urllib reads the *_proxy variables) through a
+    :class:`_RefusingProxy` on loopback; yields the requests it refused."""
+    requests: list[str] = []
+    handler = type("Handler", (_RefusingProxy,), {"requests": requests})
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        proxy = f"http://127.0.0.1:{server.server_port}"
+        for name in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+            monkeypatch.setenv(name, proxy)
+        for name in ("no_proxy", "NO_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        try:
+            yield requests
+        finally:
+            server.shutdown()
+            thread.join()
+
+
 def test_errors_exit_2_with_a_clear_message(
-    photo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    photo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    weights = pretrained_file(ModelConfig())
     started = time.perf_counter()
-    offline = _subprocess_indexer(
-        "build", str(photo_dir), "--data-dir", str(tmp_path / "d"), "--image-size", "64", cwd=tmp_path
-    )
+    with refused_downloads(monkeypatch) as requests:
+        offline = _subprocess_indexer(
+            "build", str(photo_dir), "--data-dir", str(tmp_path / "d"), "--image-size", "64", cwd=tmp_path
+        )
+    # The download was tried, through the refusing proxy: the test holds on a machine that is online.
+    assert requests == [f"CONNECT {urlsplit(weights.url).hostname}:443"]
     assert offline.returncode == 2
+    assert _RefusingProxy.REFUSAL in offline.stderr
     assert "rope_i_vit_reg1_s16_pn_npn_avg_c1_pe-spatial.pt" in offline.stderr
     assert "4e65e500f2a7d2b11fc28aaa0b1ad4921692780507de014ebc5659e757327fde" in offline.stderr
     assert "Traceback" not in offline.stderr
