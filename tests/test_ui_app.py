@@ -122,7 +122,7 @@ def test_region_sliders_set_the_box_that_is_drawn_and_searched(app: AppTest) -> 
     x_key, y_key = "region-x-scikit-image__astronaut.jpg", "region-y-scikit-image__astronaut.jpg"
     assert app.slider(key=x_key).value == (128, 384) and app.slider(key=y_key).value == (128, 384)
     assert any("region snapped to (128, 128, 384, 384)" in c for c in _captions(app))
-    drawn = [e for e in app.main if e.type == "component_instance"]
+    drawn = [e for e in app.main if e.type == "component_instance"]  # the drag component, with the image
     assert len(drawn) == 1
     before = drawn[0].proto.json_args
 
@@ -133,7 +133,7 @@ def test_region_sliders_set_the_box_that_is_drawn_and_searched(app: AppTest) -> 
     assert any("region snapped to (0, 256, 256, 512)" in c for c in _captions(app))
     results = [c for c in _captions(app) if c.startswith("#")]
     assert "scikit-image__astronaut.jpg" in results[0] and results[0].endswith("box 0,256,256,512")
-    assert [e for e in app.main if e.type == "component_instance"][0].proto.json_args != before  # redrawn
+    assert next(e for e in app.main if e.type == "component_instance").proto.json_args != before  # redrawn
 
 
 def test_duplicates_page(app: AppTest) -> None:
