@@ -110,7 +110,30 @@ def test_region_page(app: AppTest) -> None:
     results = [c for c in _captions(app) if c.startswith("#")]
     assert results and "scikit-image__astronaut.jpg" in results[0] and "box" in results[0]
     app.sidebar.toggle(key="region-heatmaps").set_value(True).run()
-    assert not app.exception and len(app.image) > len(results)
+    assert not app.exception and len(app.image) == len(results)  # the query is in the drag component
+
+
+def test_region_sliders_set_the_box_that_is_drawn_and_searched(app: AppTest) -> None:
+    """The sliders and a drag share the box's state (ui/region_box.py); the drag itself runs in a real
+    browser (tests/test_ui_browser_region.py). Moving a slider searches and redraws the new box."""
+    app.switch_page("views/region.py").run()
+    app.radio(key="region-source").set_value("Pick an indexed photo").run()
+    app.text_input(key="region-name").input("astronaut").run()
+    x_key, y_key = "region-x-scikit-image__astronaut.jpg", "region-y-scikit-image__astronaut.jpg"
+    assert app.slider(key=x_key).value == (128, 384) and app.slider(key=y_key).value == (128, 384)
+    assert any("region snapped to (128, 128, 384, 384)" in c for c in _captions(app))
+    drawn = [e for e in app.main if e.type == "component_instance"]  # the drag component, with the image
+    assert len(drawn) == 1
+    before = drawn[0].proto.json_args
+
+    app.slider(key=x_key).set_range(0, 256)
+    app.slider(key=y_key).set_range(256, 512).run()
+    assert not app.exception
+    assert app.slider(key=x_key).value == (0, 256) and app.slider(key=y_key).value == (256, 512)
+    assert any("region snapped to (0, 256, 256, 512)" in c for c in _captions(app))
+    results = [c for c in _captions(app) if c.startswith("#")]
+    assert "scikit-image__astronaut.jpg" in results[0] and results[0].endswith("box 0,256,256,512")
+    assert next(e for e in app.main if e.type == "component_instance").proto.json_args != before  # redrawn
 
 
 def test_duplicates_page(app: AppTest) -> None:
