@@ -6,6 +6,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -115,6 +116,12 @@ def test_name_search_never_reads_outside_the_catalog(app: AppTest, data_dir: Pat
     assert str((photos / "scikit-image__coffee.jpg").resolve()) in opened
 
 
+def _drag_component(app: AppTest) -> Any:
+    """The region page's drag component, which shows the query image with its box."""
+    (drawn,) = [e for e in app.main if e.type == "component_instance"]
+    return drawn
+
+
 def test_region_page(app: AppTest) -> None:
     app.switch_page("views/region.py").run()
     app.radio(key="region-source").set_value("Pick an indexed photo").run()
@@ -123,14 +130,38 @@ def test_region_page(app: AppTest) -> None:
     results = result_captions(app)
     assert results and "scikit-image__astronaut.jpg" in results[0] and "box" in results[0]
     plain = [image.value for image in app.image]
+    query_drawn = _drag_component(app).proto.json_args
     app.sidebar.toggle(key="region-heatmaps").set_value(True).run()
     assert not app.exception
     tinted = [image.value for image in app.image]
-    # Streamlit names each image it serves by a hash of its bytes. The query with its box comes first and
-    # stays as it was; every result is shown again, as other bytes: tinted by its heatmap.
-    assert len(tinted) == len(plain) == len(results) + 1
-    assert tinted[0] == plain[0]
-    assert all(with_heatmap != without for with_heatmap, without in zip(tinted[1:], plain[1:], strict=True))
+    # Streamlit names each image it serves by a hash of its bytes: every result is shown again, as other
+    # bytes (tinted by its heatmap), while the query, in the drag component, is drawn as it was.
+    assert len(tinted) == len(plain) == len(results)
+    assert all(with_heatmap != without for with_heatmap, without in zip(tinted, plain, strict=True))
+    assert _drag_component(app).proto.json_args == query_drawn
+
+
+def test_region_sliders_set_the_box_that_is_drawn_and_searched(app: AppTest) -> None:
+    """The sliders and a drag share the box's state (ui/region_box.py); the drag itself runs in a real
+    browser (tests/test_ui_browser_region.py). Moving a slider searches and redraws the new box."""
+    app.switch_page("views/region.py").run()
+    app.radio(key="region-source").set_value("Pick an indexed photo").run()
+    app.text_input(key="region-name").input("astronaut").run()
+    x_key, y_key = "region-x-scikit-image__astronaut.jpg", "region-y-scikit-image__astronaut.jpg"
+    assert app.slider(key=x_key).value == (128, 384) and app.slider(key=y_key).value == (128, 384)
+    assert any("region snapped to (128, 128, 384, 384)" in c for c in captions(app))
+    drawn = [e for e in app.main if e.type == "component_instance"]  # the drag component, with the image
+    assert len(drawn) == 1
+    before = drawn[0].proto.json_args
+
+    app.slider(key=x_key).set_range(0, 256)
+    app.slider(key=y_key).set_range(256, 512).run()
+    assert not app.exception
+    assert app.slider(key=x_key).value == (0, 256) and app.slider(key=y_key).value == (256, 512)
+    assert any("region snapped to (0, 256, 256, 512)" in c for c in captions(app))
+    results = result_captions(app)
+    assert "scikit-image__astronaut.jpg" in results[0] and results[0].endswith("box 0,256,256,512")
+    assert next(e for e in app.main if e.type == "component_instance").proto.json_args != before  # redrawn
 
 
 def test_duplicates_page(app: AppTest) -> None:

@@ -1,4 +1,4 @@
-"""Region search: pick a query image, set a box on it, find every photo that contains that region."""
+"""Region search: pick a query image, drag a box on it, find every photo that contains that region."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from indexer.catalog import PhotoRecord
 from search.engine import QueryError
 from search.region import search_region
 from ui.components import choose_query, compare_view, results_grid
+from ui.region_box import box_editor
 from ui.state import require_engine
 from ui.thumbnails import draw_box, overlay_heatmap, thumbnail
 
@@ -30,22 +31,8 @@ with st.sidebar:
 
 query = choose_query(engine, KEY)
 if query is not None:
-    st.caption("Set the region with the two sliders; the box is drawn on the image.")
-    left, right = st.columns([1, 2])
-    with left:
-        x0, x1 = st.slider(
-            "Left - right (px)", 0, query.width, (query.width // 4, 3 * query.width // 4), key=f"{KEY}-x-{query.label}"
-        )
-        y0, y1 = st.slider(
-            "Top - bottom (px)",
-            0,
-            query.height,
-            (query.height // 4, 3 * query.height // 4),
-            key=f"{KEY}-y-{query.label}",
-        )
-    box = (x0, y0, max(x1, x0 + 1), max(y1, y0 + 1))
-    with right:
-        st.image(draw_box(query.image, box, (query.width, query.height)), width=420)
+    st.caption("Drag a box on the image to set the region; the sliders fine-tune it.")
+    box = box_editor(query.image, query.width, query.height, KEY, query.label)
     compare_view(engine, query, KEY)
     started = time.perf_counter()
     try:
