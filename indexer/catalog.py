@@ -217,8 +217,18 @@ class FileState:
 
 
 @dataclass(frozen=True)
+class StoredGrid:
+    """A patch grid as the catalog stores it: ``grid`` cells per side, ``data`` its stored bytes. Reused
+    content carries these bytes to its new row as they are, never decoded and encoded again."""
+
+    grid: int
+    data: bytes
+
+
+@dataclass(frozen=True)
 class IndexedFile:
-    """A file that was embedded (or whose content's embedding was reused)."""
+    """A file that was embedded (or whose content's embedding was reused). ``patches``: a fresh grid, or
+    a stored one carried over from a row with the same content."""
 
     path: str
     size_bytes: int
@@ -227,7 +237,7 @@ class IndexedFile:
     width: int
     height: int
     embedding: Embeddings
-    patches: PatchGrid | None = None
+    patches: PatchGrid | StoredGrid | None = None
 
 
 @dataclass(frozen=True)
@@ -247,14 +257,15 @@ FileOutcome = IndexedFile | FailedFile
 
 @dataclass(frozen=True)
 class KnownContent:
-    """An indexed file whose content (sha256) matched: its embedding can be reused."""
+    """An indexed file whose content (sha256) matched: its embedding and stored patch grid (None: the
+    catalog has none for this content) can be reused."""
 
     id: int
     path: str
     width: int
     height: int
     embedding: Embeddings
-    patches: PatchGrid | None = None
+    patches: StoredGrid | None = None
 
 
 @dataclass(frozen=True)
@@ -322,6 +333,13 @@ def _row_values(outcome: FileOutcome, revision: int, now: datetime) -> dict[str,
             vector_revision=None,
         )
     return values
+
+
+def _grid_values(grid: PatchGrid | StoredGrid) -> dict[str, Any]:
+    """The ``patch_grids`` columns of a fresh grid (encoded here) or a stored one (copied as it is)."""
+    if isinstance(grid, StoredGrid):
+        return {"grid": grid.grid, "data": grid.data}
+    return {"grid": int(grid.shape[0]), "data": grid_to_bytes(grid)}
 
 
 def vector_to_bytes(vector: Embeddings) -> bytes:
@@ -476,17 +494,24 @@ class Catalog:
         with self.session() as session:
             return {sha for sha in session.scalars(query) if sha is not None}
 
-    def known_content(self, sha256: str, dim: int) -> KnownContent | None:
-        """An indexed row with this content hash, whose embedding can be reused."""
+    def known_content(self, sha256: str, dim: int, *, need_grid: bool = False) -> KnownContent | None:
+        """An indexed row with this content hash, whose embedding (and patch grid) can be reused.
+
+        A row that has a stored grid is preferred; ``need_grid``: None unless one has (the content must
+        then go through the model again, so that no photo is committed without its grid)."""
         query = (
-            select(ImageRecord)
+            select(ImageRecord, PatchGridRecord)
+            .outerjoin(PatchGridRecord, PatchGridRecord.image_id == ImageRecord.id)
             .where(ImageRecord.sha256 == sha256, ImageRecord.status == STATUS_INDEXED)
-            .order_by(ImageRecord.id)
+            .order_by(PatchGridRecord.image_id.is_(None), ImageRecord.id)
             .limit(1)
         )
         with self.session() as session:
-            row = session.scalars(query).first()
-            if row is None or row.embedding is None or row.width is None or row.height is None:
+            found = session.execute(query).first()
+            if found is None:
+                return None
+            row, grid = found
+            if row.embedding is None or row.width is None or row.height is None or (need_grid and grid is None):
                 return None
             return KnownContent(
                 id=row.id,
@@ -494,7 +519,20 @@ class Catalog:
                 width=row.width,
                 height=row.height,
                 embedding=bytes_to_vector(row.embedding, dim),
+                patches=None if grid is None else StoredGrid(grid.grid, grid.data),
             )
+
+    def photos_without_grid(self) -> list[PhotoRecord]:
+        """Indexed photos that have no stored patch grid, by id (a catalog built with patches should have
+        none: ``verify`` reports them, the next build recomputes their grids)."""
+        query = (
+            select(ImageRecord)
+            .outerjoin(PatchGridRecord, PatchGridRecord.image_id == ImageRecord.id)
+            .where(ImageRecord.status == STATUS_INDEXED, PatchGridRecord.image_id.is_(None))
+            .order_by(ImageRecord.id)
+        )
+        with self.session() as session:
+            return [_photo(row) for row in session.scalars(query)]
 
     def counts(self) -> dict[str, int]:
         query = select(ImageRecord.status, func.count()).group_by(ImageRecord.status)
@@ -688,7 +726,7 @@ class Catalog:
             existing = {
                 row.path: row for row in session.scalars(select(ImageRecord).where(ImageRecord.path.in_(list(latest))))
             }
-            grids: dict[str, PatchGrid] = {}
+            grids: dict[str, PatchGrid | StoredGrid] = {}
             stale: list[int] = []  # known photos whose stored grid is replaced or dropped
             fresh: list[dict[str, Any]] = []
             for path, outcome in latest.items():
@@ -717,10 +755,7 @@ class Catalog:
             if grids:
                 session.execute(
                     insert(PatchGridRecord),
-                    [
-                        {"image_id": ids[path], "grid": int(grid.shape[0]), "data": grid_to_bytes(grid)}
-                        for path, grid in grids.items()
-                    ],
+                    [{"image_id": ids[path], **_grid_values(grid)} for path, grid in grids.items()],
                 )
         return revision
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -13,6 +13,7 @@ from indexer.calibration_store import Calibration, calibration_due, current_cali
 from indexer.catalog import STATUS_INDEXED, Catalog, redact_url
 from indexer.config import LoupeConfig
 from indexer.errors import CatalogError, IndexFileError
+from indexer.grid_audit import audit_grids
 from indexer.settings import Origins, origins_to_dict
 from indexer.vector_index import IndexMeta, check_index, index_dir, read_meta
 from indexer.vector_makers import makers_of
@@ -154,6 +155,8 @@ class VerifyResult:
     problems: list[str]
     checked_rows: int
     checked_vectors: int
+    # What repairs the problems, beyond ``reindex`` rebuilding the index files.
+    repairs: list[str] = field(default_factory=list)
 
 
 def _check_rows(catalog: Catalog, dim: int) -> list[str]:
@@ -167,7 +170,8 @@ def _check_rows(catalog: Catalog, dim: int) -> list[str]:
 
 
 def verify_collection(config: LoupeConfig) -> VerifyResult:
-    """Check the catalog rows and that the FAISS files hold exactly the catalog's vectors."""
+    """Check the catalog rows, that the FAISS files hold exactly the catalog's vectors and, with patches,
+    that every indexed photo has its patch grid and its cells in the patch index."""
     catalog = Catalog.open(config.resolved_db_url, create=False)
     try:
         provenance = catalog.provenance()
@@ -181,7 +185,15 @@ def verify_collection(config: LoupeConfig) -> VerifyResult:
         patches = patch_vectors_of(catalog)
         if patches is not None:
             problems.extend(check_index(catalog, config.data_dir, source=patches))
+        audit = audit_grids(catalog, config.data_dir)
+        if audit is not None:
+            problems.extend(audit.problems())
         counts = catalog.counts()
     finally:
         catalog.close()
-    return VerifyResult(problems=problems, checked_rows=counts["images"], checked_vectors=counts[STATUS_INDEXED])
+    return VerifyResult(
+        problems=problems,
+        checked_rows=counts["images"],
+        checked_vectors=counts[STATUS_INDEXED],
+        repairs=[] if audit is None else audit.repairs(),
+    )

@@ -21,6 +21,7 @@ def summary_to_dict(summary: BuildSummary) -> dict[str, Any]:
         "moved": summary.moved,
         "copied": summary.copied,
         "touched": summary.touched,
+        "regridded": summary.regridded,
         "removed": summary.removed,
         "excluded": summary.excluded,
         "failed": summary.failed,
@@ -73,7 +74,8 @@ def build_summary_lines(summary: BuildSummary) -> list[str]:
         f"({summary.processed} processed at {summary.images_per_s:.2f} images/s, {summary.embedded} through the model)",
         f"  new {summary.new}  changed {summary.changed}  moved {summary.moved}  copied {summary.copied}  "
         f"touched {summary.touched}  removed {summary.removed}  unchanged {summary.unchanged}  failed {summary.failed}"
-        + (f"  excluded {summary.excluded} (left the catalog)" if summary.excluded else ""),
+        + (f"  excluded {summary.excluded} (left the catalog)" if summary.excluded else "")
+        + (f"  regridded {summary.regridded} (patch grid was missing)" if summary.regridded else ""),
     ]
     if summary.embedded:
         checked = summary.checked_cosine
