@@ -40,17 +40,18 @@ from sqlalchemy.engine import URL, Dialect, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from indexer import schema
+from indexer import grid_codes, schema
 from indexer.errors import CatalogError, ProvenanceMismatchError
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 6
 STATUS_INDEXED = "indexed"
 STATUS_FAILED = "failed"
 
 Embeddings = npt.NDArray[np.float32]
-PatchGrid = npt.NDArray[np.float16]
+# A grid of unit cell vectors: float16 as the model's pooling makes it, float32 as the catalog decodes it.
+PatchGrid = npt.NDArray[np.float16] | npt.NDArray[np.float32]
 Ids = npt.NDArray[np.int64]
 
 
@@ -133,8 +134,8 @@ class ImageRecord(Base):
 
 
 class PatchGridRecord(Base):
-    """A photo's pooled patch grid (float16, ``grid x grid x dim``): the source of the patch index and of
-    the exact re-ranking of region queries. Deleted with its photo."""
+    """A photo's pooled patch grid (``grid x grid`` cells of ``dim``, stored as :mod:`indexer.grid_codes`
+    codes): the source of the patch index and of the re-ranking of region queries. Deleted with its photo."""
 
     __tablename__ = "patch_grids"
 
@@ -347,14 +348,14 @@ def vector_to_bytes(vector: Embeddings) -> bytes:
 
 
 def grid_to_bytes(grid: PatchGrid) -> bytes:
-    return np.ascontiguousarray(grid, dtype="<f2").tobytes()
+    return grid_codes.encode_grid(grid)
 
 
-def bytes_to_grid(data: bytes, grid: int, dim: int) -> PatchGrid:
-    values = np.frombuffer(data, dtype="<f2")
-    if values.shape[0] != grid * grid * dim:
-        raise CatalogError(f"stored patch grid has {values.shape[0]} values, expected {grid}x{grid}x{dim}")
-    return values.reshape(grid, grid, dim).astype(np.float16)
+def bytes_to_grid(data: bytes, grid: int, dim: int) -> npt.NDArray[np.float32]:
+    try:
+        return grid_codes.decode_grid(data, grid, dim)
+    except ValueError as error:
+        raise CatalogError(str(error)) from error
 
 
 def bytes_to_vector(data: bytes, dim: int) -> Embeddings:
@@ -670,17 +671,35 @@ class Catalog:
         revisions = np.fromiter((row[1] or 0 for row in rows), dtype=np.int64, count=len(rows))
         return ids, revisions
 
-    def patch_grids(self, ids: Sequence[int] | Ids, dim: int, chunk: int = 256) -> Iterator[tuple[Ids, PatchGrid]]:
-        """Yield ``(ids, grids [n, g, g, dim])`` chunks for photos that have a stored grid, in the order given."""
+    def stored_grids(self, ids: Sequence[int] | Ids, chunk: int = 256) -> Iterator[tuple[Ids, list[StoredGrid]]]:
+        """Yield ``(ids, stored grids)`` chunks for photos that have a stored grid, in the order given."""
         wanted = [int(i) for i in ids]
         for start in range(0, len(wanted), chunk):
             part = wanted[start : start + chunk]
-            query = select(PatchGridRecord).where(PatchGridRecord.image_id.in_(part))
+            query = select(PatchGridRecord.image_id, PatchGridRecord.grid, PatchGridRecord.data).where(
+                PatchGridRecord.image_id.in_(part)
+            )
             with self.session() as session:
-                found = {row.image_id: bytes_to_grid(row.data, row.grid, dim) for row in session.scalars(query)}
+                found = {id_: StoredGrid(grid, data) for id_, grid, data in session.execute(query)}
             present = [i for i in part if i in found]
             if present:
-                yield np.asarray(present, dtype=np.int64), np.stack([found[i] for i in present])
+                yield np.asarray(present, dtype=np.int64), [found[i] for i in present]
+
+    def patch_grids(
+        self, ids: Sequence[int] | Ids, dim: int, chunk: int = 256
+    ) -> Iterator[tuple[Ids, npt.NDArray[np.float32]]]:
+        """Yield ``(ids, decoded grids [n, g, g, dim])`` chunks for photos that have a stored grid, in the
+        order given."""
+        for present, stored in self.stored_grids(ids, chunk):
+            yield present, np.stack([bytes_to_grid(grid.data, grid.grid, dim) for grid in stored])
+
+    def patch_bytes(self) -> tuple[int, int]:
+        """``(stored grids, bytes of their data)``: what the grids cost the catalog, before the database's
+        own per-row and per-page overhead."""
+        query = select(func.count(), func.coalesce(func.sum(func.length(PatchGridRecord.data)), 0))
+        with self.session() as session:
+            count, size = session.execute(query).one()
+        return int(count), int(size)
 
     def same_content_ids(self) -> list[list[int]]:
         """Ids of indexed photos that share their bytes (sha256) with another, grouped, ascending."""

@@ -41,6 +41,7 @@ def collection_status(
         failed_files = catalog.failures() if with_failures else []
         makers = makers_of(catalog)
         calibration = current_calibration(catalog, provenance)
+        grid_count, grid_bytes = catalog.patch_bytes()
     finally:
         catalog.close()
     try:
@@ -78,7 +79,7 @@ def collection_status(
     }
     if origins is not None:
         status.update(origins_to_dict(config, origins))
-    status["patches"] = _patch_status(config, provenance.patch_grid, patch_meta)
+    status["patches"] = _patch_status(config, provenance.patch_grid, patch_meta, grid_count, grid_bytes)
     status["calibration"] = _calibration_status(config, calibration, counts[STATUS_INDEXED])
     if with_failures:
         status["failures"] = [
@@ -126,9 +127,13 @@ def storage_line(status: dict[str, Any]) -> str:
     return f"on disk, {status['index_lists_bytes'] / 1e9:.2f} GB lists (memory-mapped)"
 
 
-def _patch_status(config: LoupeConfig, grid: int, meta: IndexMeta | None) -> dict[str, Any]:
-    """Patch vectors at a glance; bytes per image is the index files' size over its photos, which is
-    what the index costs in memory once loaded (in page cache, for lists on disk)."""
+def _patch_status(
+    config: LoupeConfig, grid: int, meta: IndexMeta | None, grid_count: int, grid_bytes: int
+) -> dict[str, Any]:
+    """Patch vectors at a glance. ``bytes_per_image`` is the index files' size over its photos, which is
+    what the index costs in memory once loaded (in page cache, for lists on disk);
+    ``catalog_bytes_per_image`` is what the stored grids take in the catalog (their codes, without the
+    database's own few percent of row and page overhead)."""
     if grid == 0:
         return {"enabled": False}
     index_bytes = (index_dir(config.data_dir) / meta.file).stat().st_size if meta is not None else 0
@@ -143,6 +148,8 @@ def _patch_status(config: LoupeConfig, grid: int, meta: IndexMeta | None) -> dic
         "index_type": meta.spec.factory_string if meta is not None else None,
         "index_bytes": index_bytes,
         "bytes_per_image": round(index_bytes / items) if items else 0,
+        "catalog_bytes": grid_bytes,
+        "catalog_bytes_per_image": round(grid_bytes / grid_count) if grid_count else 0,
         "nprobe": meta.nprobe if meta is not None else 0,
         "recall_at_10": meta.recall_at_10 if meta is not None else None,
         "index_on_disk": meta is not None and meta.on_disk,

@@ -166,7 +166,8 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     if patches["enabled"]:
         lines.append(
             f"patches      {patches['vectors']} vectors ({patches['grid']}x{patches['grid']} per photo) in "
-            f"{patches['index_type']}, {patches['bytes_per_image'] / 1024:.1f} KB per photo"
+            f"{patches['index_type']}, {patches['bytes_per_image'] / 1024:.1f} KB per photo "
+            f"(+ {patches['catalog_bytes_per_image'] / 1024:.1f} KB of grid codes in the catalog)"
             + (f", {storage_line(patches)}" if patches.get("index_on_disk") else "")
         )
     else:
