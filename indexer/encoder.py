@@ -219,9 +219,7 @@ def resolve_precision(precision: str, device: torch.device) -> Precision:
             return "fp32"  # Apple's MPS: bf16 there depends on the chip and macOS version
         return "int8"
     if precision == "int8" and device.type != "cpu":
-        raise ConfigError(
-            f"runtime.precision: int8 runs on the CPU only; use bf16 or fp32 on {device.type.upper()}"
-        )
+        raise ConfigError(f"runtime.precision: int8 runs on the CPU only; use bf16 or fp32 on {device.type.upper()}")
     return precision  # type: ignore[return-value]
 
 

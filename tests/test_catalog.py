@@ -225,7 +225,8 @@ def test_float16_grids_of_schema_4_are_encoded_in_place(tmp_path: Path, db_url: 
     grids = rng.standard_normal((3, 4, 4, 384)).astype(np.float32)
     grids /= np.linalg.norm(grids, axis=-1, keepdims=True)
     outcomes = [
-        IndexedFile(f"/p/{i}.jpg", 1, 1, f"{i:064x}", 8, 8, grids[i, 0, 0], grids[i].astype(np.float16)) for i in range(3)
+        IndexedFile(f"/p/{i}.jpg", 1, 1, f"{i:064x}", 8, 8, grids[i, 0, 0], grids[i].astype(np.float16))
+        for i in range(3)
     ]
     catalog.commit_outcomes(outcomes)
     catalog.close()
@@ -234,9 +235,11 @@ def test_float16_grids_of_schema_4_are_encoded_in_place(tmp_path: Path, db_url: 
         command.downgrade(schema._config(connection), "0004")
         rows = connection.execute(text("SELECT image_id, data FROM patch_grids ORDER BY image_id")).all()
         assert [len(data) for _, data in rows] == [4 * 4 * 384 * 2] * 3
-        for image_id, data in rows:
+        for image_id, _ in rows:
             original = grids[image_id - 1].astype(np.float16).tobytes()
-            connection.execute(text("UPDATE patch_grids SET data = :d WHERE image_id = :i"), {"d": original, "i": image_id})
+            connection.execute(
+                text("UPDATE patch_grids SET data = :d WHERE image_id = :i"), {"d": original, "i": image_id}
+            )
         assert connection.scalar(text("SELECT schema_version FROM provenance")) == 4
 
     assert indexer_main(["migrate", "--db-url", url, "--data-dir", str(tmp_path)]) == 0

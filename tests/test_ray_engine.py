@@ -127,7 +127,8 @@ def _contents(data_dir: Path) -> dict[str, Any]:
             "states": states,
             "failures": sorted(catalog.failures()),
             "counts": catalog.counts(),
-            "problems": check_index(catalog, data_dir) + check_index(catalog, data_dir, source=patch_vectors_of(catalog)),
+            "problems": check_index(catalog, data_dir)
+            + check_index(catalog, data_dir, source=patch_vectors_of(catalog)),
             "without_grid": catalog.photos_without_grid(),
         }
     finally:
