@@ -41,18 +41,19 @@ from sqlalchemy.engine import URL, Dialect, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from indexer import schema
+from indexer import grid_codes, schema
 from indexer.errors import CatalogError, ProvenanceMismatchError
 from indexer.photo_metadata import MAX_TEXT, METADATA_VERSION, PhotoMetadata
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 STATUS_INDEXED = "indexed"
 STATUS_FAILED = "failed"
 
 Embeddings = npt.NDArray[np.float32]
-PatchGrid = npt.NDArray[np.float16]
+# A grid of unit cell vectors: float16 as the model's pooling makes it, float32 as the catalog decodes it.
+PatchGrid = npt.NDArray[np.float16] | npt.NDArray[np.float32]
 Ids = npt.NDArray[np.int64]
 
 
@@ -144,8 +145,8 @@ class ImageRecord(Base):
 
 
 class PatchGridRecord(Base):
-    """A photo's pooled patch grid (float16, ``grid x grid x dim``): the source of the patch index and of
-    the exact re-ranking of region queries. Deleted with its photo."""
+    """A photo's pooled patch grid (``grid x grid`` cells of ``dim``, stored as :mod:`indexer.grid_codes`
+    codes): the source of the patch index and of the re-ranking of region queries. Deleted with its photo."""
 
     __tablename__ = "patch_grids"
 
@@ -228,8 +229,18 @@ class FileState:
 
 
 @dataclass(frozen=True)
+class StoredGrid:
+    """A patch grid as the catalog stores it: ``grid`` cells per side, ``data`` its stored bytes. Reused
+    content carries these bytes to its new row as they are, never decoded and encoded again."""
+
+    grid: int
+    data: bytes
+
+
+@dataclass(frozen=True)
 class IndexedFile:
-    """A file that was embedded (or whose content's embedding was reused)."""
+    """A file that was embedded (or whose content's embedding was reused). ``patches``: a fresh grid, or
+    a stored one carried over from a row with the same content."""
 
     path: str
     size_bytes: int
@@ -238,7 +249,7 @@ class IndexedFile:
     width: int
     height: int
     embedding: Embeddings
-    patches: PatchGrid | None = None
+    patches: PatchGrid | StoredGrid | None = None
     # None: not read (the next build reads it from the header).
     metadata: PhotoMetadata | None = None
 
@@ -260,14 +271,15 @@ FileOutcome = IndexedFile | FailedFile
 
 @dataclass(frozen=True)
 class KnownContent:
-    """An indexed file whose content (sha256) matched: its embedding can be reused."""
+    """An indexed file whose content (sha256) matched: its embedding and stored patch grid (None: the
+    catalog has none for this content) can be reused."""
 
     id: int
     path: str
     width: int
     height: int
     embedding: Embeddings
-    patches: PatchGrid | None = None
+    patches: StoredGrid | None = None
     metadata: PhotoMetadata | None = None
 
 
@@ -368,19 +380,26 @@ def _row_values(outcome: FileOutcome, revision: int, now: datetime) -> dict[str,
     return values
 
 
+def _grid_values(grid: PatchGrid | StoredGrid) -> dict[str, Any]:
+    """The ``patch_grids`` columns of a fresh grid (encoded here) or a stored one (copied as it is)."""
+    if isinstance(grid, StoredGrid):
+        return {"grid": grid.grid, "data": grid.data}
+    return {"grid": int(grid.shape[0]), "data": grid_to_bytes(grid)}
+
+
 def vector_to_bytes(vector: Embeddings) -> bytes:
     return np.ascontiguousarray(vector, dtype="<f4").tobytes()
 
 
 def grid_to_bytes(grid: PatchGrid) -> bytes:
-    return np.ascontiguousarray(grid, dtype="<f2").tobytes()
+    return grid_codes.encode_grid(grid)
 
 
-def bytes_to_grid(data: bytes, grid: int, dim: int) -> PatchGrid:
-    values = np.frombuffer(data, dtype="<f2")
-    if values.shape[0] != grid * grid * dim:
-        raise CatalogError(f"stored patch grid has {values.shape[0]} values, expected {grid}x{grid}x{dim}")
-    return values.reshape(grid, grid, dim).astype(np.float16)
+def bytes_to_grid(data: bytes, grid: int, dim: int) -> npt.NDArray[np.float32]:
+    try:
+        return grid_codes.decode_grid(data, grid, dim)
+    except ValueError as error:
+        raise CatalogError(str(error)) from error
 
 
 def bytes_to_vector(data: bytes, dim: int) -> Embeddings:
@@ -520,17 +539,24 @@ class Catalog:
         with self.session() as session:
             return {sha for sha in session.scalars(query) if sha is not None}
 
-    def known_content(self, sha256: str, dim: int) -> KnownContent | None:
-        """An indexed row with this content hash, whose embedding can be reused."""
+    def known_content(self, sha256: str, dim: int, *, need_grid: bool = False) -> KnownContent | None:
+        """An indexed row with this content hash, whose embedding (and patch grid) can be reused.
+
+        A row that has a stored grid is preferred; ``need_grid``: None unless one has (the content must
+        then go through the model again, so that no photo is committed without its grid)."""
         query = (
-            select(ImageRecord)
+            select(ImageRecord, PatchGridRecord)
+            .outerjoin(PatchGridRecord, PatchGridRecord.image_id == ImageRecord.id)
             .where(ImageRecord.sha256 == sha256, ImageRecord.status == STATUS_INDEXED)
-            .order_by(ImageRecord.id)
+            .order_by(PatchGridRecord.image_id.is_(None), ImageRecord.id)
             .limit(1)
         )
         with self.session() as session:
-            row = session.scalars(query).first()
-            if row is None or row.embedding is None or row.width is None or row.height is None:
+            found = session.execute(query).first()
+            if found is None:
+                return None
+            row, grid = found
+            if row.embedding is None or row.width is None or row.height is None or (need_grid and grid is None):
                 return None
             return KnownContent(
                 id=row.id,
@@ -539,7 +565,20 @@ class Catalog:
                 height=row.height,
                 embedding=bytes_to_vector(row.embedding, dim),
                 metadata=_stored_metadata(row),
+                patches=None if grid is None else StoredGrid(grid.grid, grid.data),
             )
+
+    def photos_without_grid(self) -> list[PhotoRecord]:
+        """Indexed photos that have no stored patch grid, by id (a catalog built with patches should have
+        none: ``verify`` reports them, the next build recomputes their grids)."""
+        query = (
+            select(ImageRecord)
+            .outerjoin(PatchGridRecord, PatchGridRecord.image_id == ImageRecord.id)
+            .where(ImageRecord.status == STATUS_INDEXED, PatchGridRecord.image_id.is_(None))
+            .order_by(ImageRecord.id)
+        )
+        with self.session() as session:
+            return [_photo(row) for row in session.scalars(query)]
 
     def counts(self) -> dict[str, int]:
         query = select(ImageRecord.status, func.count()).group_by(ImageRecord.status)
@@ -677,17 +716,35 @@ class Catalog:
         revisions = np.fromiter((row[1] or 0 for row in rows), dtype=np.int64, count=len(rows))
         return ids, revisions
 
-    def patch_grids(self, ids: Sequence[int] | Ids, dim: int, chunk: int = 256) -> Iterator[tuple[Ids, PatchGrid]]:
-        """Yield ``(ids, grids [n, g, g, dim])`` chunks for photos that have a stored grid, in the order given."""
+    def stored_grids(self, ids: Sequence[int] | Ids, chunk: int = 256) -> Iterator[tuple[Ids, list[StoredGrid]]]:
+        """Yield ``(ids, stored grids)`` chunks for photos that have a stored grid, in the order given."""
         wanted = [int(i) for i in ids]
         for start in range(0, len(wanted), chunk):
             part = wanted[start : start + chunk]
-            query = select(PatchGridRecord).where(PatchGridRecord.image_id.in_(part))
+            query = select(PatchGridRecord.image_id, PatchGridRecord.grid, PatchGridRecord.data).where(
+                PatchGridRecord.image_id.in_(part)
+            )
             with self.session() as session:
-                found = {row.image_id: bytes_to_grid(row.data, row.grid, dim) for row in session.scalars(query)}
+                found = {id_: StoredGrid(grid, data) for id_, grid, data in session.execute(query)}
             present = [i for i in part if i in found]
             if present:
-                yield np.asarray(present, dtype=np.int64), np.stack([found[i] for i in present])
+                yield np.asarray(present, dtype=np.int64), [found[i] for i in present]
+
+    def patch_grids(
+        self, ids: Sequence[int] | Ids, dim: int, chunk: int = 256
+    ) -> Iterator[tuple[Ids, npt.NDArray[np.float32]]]:
+        """Yield ``(ids, decoded grids [n, g, g, dim])`` chunks for photos that have a stored grid, in the
+        order given."""
+        for present, stored in self.stored_grids(ids, chunk):
+            yield present, np.stack([bytes_to_grid(grid.data, grid.grid, dim) for grid in stored])
+
+    def patch_bytes(self) -> tuple[int, int]:
+        """``(stored grids, bytes of their data)``: what the grids cost the catalog, before the database's
+        own per-row and per-page overhead."""
+        query = select(func.count(), func.coalesce(func.sum(func.length(PatchGridRecord.data)), 0))
+        with self.session() as session:
+            count, size = session.execute(query).one()
+        return int(count), int(size)
 
     def same_content_ids(self) -> list[list[int]]:
         """Ids of indexed photos that share their bytes (sha256) with another, grouped, ascending."""
@@ -733,7 +790,7 @@ class Catalog:
             existing = {
                 row.path: row for row in session.scalars(select(ImageRecord).where(ImageRecord.path.in_(list(latest))))
             }
-            grids: dict[str, PatchGrid] = {}
+            grids: dict[str, PatchGrid | StoredGrid] = {}
             stale: list[int] = []  # known photos whose stored grid is replaced or dropped
             fresh: list[dict[str, Any]] = []
             for path, outcome in latest.items():
@@ -762,10 +819,7 @@ class Catalog:
             if grids:
                 session.execute(
                     insert(PatchGridRecord),
-                    [
-                        {"image_id": ids[path], "grid": int(grid.shape[0]), "data": grid_to_bytes(grid)}
-                        for path, grid in grids.items()
-                    ],
+                    [{"image_id": ids[path], **_grid_values(grid)} for path, grid in grids.items()],
                 )
         return revision
 
@@ -804,7 +858,17 @@ def migrate_catalog(url: str) -> tuple[str | None, str]:
     if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
         raise CatalogError(f"no catalog at {parsed.database or shown}: nothing to migrate")
     try:
-        return schema.upgrade(url, shown)
+        before, after = schema.upgrade(url, shown)
+        if before != after and parsed.get_backend_name() == "sqlite":
+            # Give back the pages an upgrade freed (schema 6 shrinks every patch grid ten times), which
+            # SQLite otherwise keeps in the file for reuse. Not in the upgrade's transaction: VACUUM cannot be.
+            engine = create_engine(url, isolation_level="AUTOCOMMIT")
+            try:
+                with engine.connect() as connection:
+                    connection.exec_driver_sql("VACUUM")
+            finally:
+                engine.dispose()
+        return before, after
     except SQLAlchemyError as error:
         raise CatalogError(f"cannot migrate catalog {shown}: {_without_password(error, parsed)}") from error
 

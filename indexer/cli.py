@@ -197,6 +197,8 @@ def main_verify(args: argparse.Namespace) -> int:
         print(f"verify: {len(result.problems)} problem(s) in {config.data_dir}:")
         for problem in result.problems:
             print(f"  - {problem}")
+        for repair in result.repairs:
+            print(repair)
         print("`python -m indexer reindex` rebuilds the index files from the catalog.")
         return EXIT_PROBLEMS
     print(f"verify: OK ({result.checked_rows} catalog rows, {result.checked_vectors} vectors agree)")
@@ -226,6 +228,12 @@ def main_reindex(args: argparse.Namespace) -> int:
             if patches is not None:
                 report = rebuild_index(catalog, config.data_dir, config.patches.index, patches)
                 print(f"reindex: wrote the patch index, {report.spec.factory_string} with {report.ntotal} vectors")
+                without_grid = catalog.photos_without_grid()
+                if without_grid:
+                    print(
+                        f"reindex: {len(without_grid)} indexed photos have no patch grid (first: "
+                        f"{without_grid[0].path!r}); the next build recomputes them from their files"
+                    )
     finally:
         catalog.close()
     return EXIT_OK

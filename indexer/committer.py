@@ -52,6 +52,7 @@ class BatchCommitter:
         summary: BuildSummary,
         patch_grid: int,
         limits: DecodeLimits,
+        regrid: frozenset[str] = frozenset(),
     ) -> None:
         self.catalog = catalog
         self.encoder = encoder
@@ -61,6 +62,8 @@ class BatchCommitter:
         self.limits = limits
         self.image_size = encoder.model.image_size
         self.dim = encoder.model.dim
+        # Unchanged files read again because their row has no patch grid (counted apart from changed ones).
+        self.regrid = regrid
         self.reused_from: list[str] = []
         self.reasons: Counter[str] = Counter()
         # Hashes committed by this run: workers only know the hashes the catalog had at the start.
@@ -69,7 +72,9 @@ class BatchCommitter:
         self.in_flight: set[str] = set()
 
     def _count_indexed(self, path: str) -> None:
-        if path in self.states:
+        if path in self.regrid:
+            self.summary.regridded += 1
+        elif path in self.states:
             self.summary.changed += 1
         else:
             self.summary.new += 1
@@ -79,7 +84,8 @@ class BatchCommitter:
         False when the content's row vanished since the build started."""
         if result.sha256 is None:
             raise ValueError(f"{result.item.path}: a reused result must carry its sha256")
-        known = self.catalog.known_content(result.sha256, self.dim)
+        # With patches on, content is reused only with its grid: without one it goes through the model again.
+        known = self.catalog.known_content(result.sha256, self.dim, need_grid=bool(self.patch_grid))
         if known is None:
             return False
         item = result.item
@@ -88,7 +94,9 @@ class BatchCommitter:
             self.catalog.touch(item.path, item.size_bytes, item.mtime_ns)
             self.summary.touched += 1
             return True
-        if item.path in self.states:
+        if item.path in self.regrid:
+            self.summary.regridded += 1  # its own grid was gone: a copy's is carried over
+        elif item.path in self.states:
             self.summary.changed += 1  # new bytes at a known path, but bytes seen before elsewhere
         else:
             self.reused_from.append(known.path)

@@ -77,8 +77,8 @@ def _weights(value: Any) -> str | None:
 
 
 def _codec(value: Any) -> str | None:
-    if value not in ("Flat", "SQfp16", "SQ8", "SQ4"):
-        return "must be Flat, SQfp16, SQ8 or SQ4"
+    if value not in ("Flat", "SQfp16", "SQ8", "SQ4", "RaBitQ"):
+        return "must be Flat, SQfp16, SQ8, SQ4 or RaBitQ"
     return None
 
 
@@ -180,7 +180,7 @@ class PatchConfig:
     candidates: int = _checked(100, _at_least(1))
     cell_neighbours: int = _checked(256, _at_least(1))
     index: IndexConfig = IndexConfig(
-        exact_below=50_000, compress_above=50_000, pq_bytes=32, nprobe=16, target_recall=0.8, exact_codec="SQ4"
+        exact_below=50_000, compress_above=50_000, pq_bytes=32, nprobe=16, target_recall=0.8, exact_codec="RaBitQ"
     )
 
 

@@ -61,6 +61,8 @@ class BuildSummary:
     moved: int = 0
     copied: int = 0
     touched: int = 0
+    # Unchanged photos read again because their patch grid was missing from the catalog.
+    regridded: int = 0
     removed: int = 0
     # Catalog rows dropped because an exclude pattern (--exclude, scan.exclude) now matches their file.
     excluded: int = 0
@@ -89,7 +91,7 @@ class BuildSummary:
 
     @property
     def processed(self) -> int:
-        return self.new + self.changed + self.moved + self.copied + self.touched + self.failed
+        return self.new + self.changed + self.moved + self.copied + self.touched + self.regridded + self.failed
 
     @property
     def images_per_s(self) -> float:
@@ -130,15 +132,23 @@ def _under(path: str, roots: Sequence[Path]) -> bool:
     return any(path == str(root) or path.startswith(str(root).rstrip(os.sep) + os.sep) for root in roots)
 
 
-def plan_work(scanned: Sequence[ScannedFile], states: dict[str, FileState]) -> tuple[list[WorkItem], int]:
-    """Files to read (new, or size/mtime changed) and how many are unchanged. Unchanged failures are not
-    retried: the same bytes would fail the same way."""
+def plan_work(
+    scanned: Sequence[ScannedFile], states: dict[str, FileState], reread: frozenset[str] = frozenset()
+) -> tuple[list[WorkItem], int]:
+    """Files to read (new, size/mtime changed, or in ``reread``) and how many are unchanged. Unchanged
+    failures are not retried: the same bytes would fail the same way."""
     todo: list[WorkItem] = []
     unchanged = 0
     for file in scanned:
         key = str(file.path)
         state = states.get(key)
-        if state is not None and state.size_bytes == file.size and state.mtime_ns == file.mtime_ns and file.size >= 0:
+        if (
+            state is not None
+            and state.size_bytes == file.size
+            and state.mtime_ns == file.mtime_ns
+            and file.size >= 0
+            and key not in reread
+        ):
             unchanged += 1
             continue
         todo.append(WorkItem(path=key, size_bytes=file.size, mtime_ns=file.mtime_ns))
@@ -200,7 +210,11 @@ def _build_locked(
         )
         summary.scanned = len(scanned)
         states = catalog.file_states()
-        todo, summary.unchanged = plan_work(scanned, states)
+        # Indexed photos whose patch grid is gone (a crash of an older version, a bug, a hand-edited catalog):
+        # read again, and their content is not "known" to the readers, so the model remakes their grids.
+        without_grid = catalog.photos_without_grid() if patch_grid else []
+        regrid = frozenset(photo.path for photo in without_grid)
+        todo, summary.unchanged = plan_work(scanned, states, regrid)
         to_read = {item.path for item in todo}
         summary.unchanged_failed = sum(
             1 for file in scanned if str(file.path) not in to_read and states[str(file.path)].status == STATUS_FAILED
@@ -211,7 +225,7 @@ def _build_locked(
         local = config.runtime.engine != "ray"
         summary.compiled = local and bool(todo) and should_compile(config.runtime.compile, device, len(todo))
         limits = DecodeLimits(max_pixels=config.decode.max_pixels, max_file_bytes=config.decode.max_file_bytes)
-        known_hashes = frozenset(catalog.indexed_hashes()) if todo else frozenset()
+        known_hashes = frozenset(catalog.indexed_hashes() - {p.sha256 for p in without_grid}) if todo else frozenset()
         device_jpegs = device.type == "cuda" and config.runtime.gpu_jpeg == "auto"
         batches: Iterator[ReadBatch] = iter(())
         if todo and local:
@@ -240,7 +254,7 @@ def _build_locked(
             batches = iter(())  # the last reference to the loader's iterator: its workers stop
             raise
         processing_started = time.perf_counter()
-        committer = BatchCommitter(catalog, encoder, states, summary, patch_grid, limits)
+        committer = BatchCommitter(catalog, encoder, states, summary, patch_grid, limits, regrid)
         if todo:
             with tqdm(total=len(todo), desc="indexing", unit="img", disable=not show_progress, smoothing=0.1) as bar:
                 if not local:

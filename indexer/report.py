@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -14,6 +14,7 @@ from indexer.catalog import STATUS_INDEXED, Catalog, redact_url
 from indexer.config import LoupeConfig
 from indexer.duplicate_decisions import decision_counts
 from indexer.errors import CatalogError, IndexFileError
+from indexer.grid_audit import audit_grids
 from indexer.metadata_store import metadata_counts
 from indexer.settings import Origins, origins_to_dict
 from indexer.vector_index import IndexMeta, check_index, index_dir, read_meta
@@ -44,6 +45,7 @@ def collection_status(
         calibration = current_calibration(catalog, provenance)
         metadata = metadata_counts(catalog)
         decisions = decision_counts(catalog)
+        grid_count, grid_bytes = catalog.patch_bytes()
     finally:
         catalog.close()
     try:
@@ -81,7 +83,7 @@ def collection_status(
     }
     if origins is not None:
         status.update(origins_to_dict(config, origins))
-    status["patches"] = _patch_status(config, provenance.patch_grid, patch_meta)
+    status["patches"] = _patch_status(config, provenance.patch_grid, patch_meta, grid_count, grid_bytes)
     status["calibration"] = _calibration_status(config, calibration, counts[STATUS_INDEXED])
     status["photo_metadata"] = metadata
     status["duplicate_decisions"] = decisions
@@ -131,9 +133,13 @@ def storage_line(status: dict[str, Any]) -> str:
     return f"on disk, {status['index_lists_bytes'] / 1e9:.2f} GB lists (memory-mapped)"
 
 
-def _patch_status(config: LoupeConfig, grid: int, meta: IndexMeta | None) -> dict[str, Any]:
-    """Patch vectors at a glance; bytes per image is the index files' size over its photos, which is
-    what the index costs in memory once loaded (in page cache, for lists on disk)."""
+def _patch_status(
+    config: LoupeConfig, grid: int, meta: IndexMeta | None, grid_count: int, grid_bytes: int
+) -> dict[str, Any]:
+    """Patch vectors at a glance. ``bytes_per_image`` is the index files' size over its photos, which is
+    what the index costs in memory once loaded (in page cache, for lists on disk);
+    ``catalog_bytes_per_image`` is what the stored grids take in the catalog (their codes, without the
+    database's own few percent of row and page overhead)."""
     if grid == 0:
         return {"enabled": False}
     index_bytes = (index_dir(config.data_dir) / meta.file).stat().st_size if meta is not None else 0
@@ -148,6 +154,8 @@ def _patch_status(config: LoupeConfig, grid: int, meta: IndexMeta | None) -> dic
         "index_type": meta.spec.factory_string if meta is not None else None,
         "index_bytes": index_bytes,
         "bytes_per_image": round(index_bytes / items) if items else 0,
+        "catalog_bytes": grid_bytes,
+        "catalog_bytes_per_image": round(grid_bytes / grid_count) if grid_count else 0,
         "nprobe": meta.nprobe if meta is not None else 0,
         "recall_at_10": meta.recall_at_10 if meta is not None else None,
         "index_on_disk": meta is not None and meta.on_disk,
@@ -160,6 +168,8 @@ class VerifyResult:
     problems: list[str]
     checked_rows: int
     checked_vectors: int
+    # What repairs the problems, beyond ``reindex`` rebuilding the index files.
+    repairs: list[str] = field(default_factory=list)
 
 
 def _check_rows(catalog: Catalog, dim: int) -> list[str]:
@@ -173,7 +183,8 @@ def _check_rows(catalog: Catalog, dim: int) -> list[str]:
 
 
 def verify_collection(config: LoupeConfig) -> VerifyResult:
-    """Check the catalog rows and that the FAISS files hold exactly the catalog's vectors."""
+    """Check the catalog rows, that the FAISS files hold exactly the catalog's vectors and, with patches,
+    that every indexed photo has its patch grid and its cells in the patch index."""
     catalog = Catalog.open(config.resolved_db_url, create=False)
     try:
         provenance = catalog.provenance()
@@ -187,7 +198,15 @@ def verify_collection(config: LoupeConfig) -> VerifyResult:
         patches = patch_vectors_of(catalog)
         if patches is not None:
             problems.extend(check_index(catalog, config.data_dir, source=patches))
+        audit = audit_grids(catalog, config.data_dir)
+        if audit is not None:
+            problems.extend(audit.problems())
         counts = catalog.counts()
     finally:
         catalog.close()
-    return VerifyResult(problems=problems, checked_rows=counts["images"], checked_vectors=counts[STATUS_INDEXED])
+    return VerifyResult(
+        problems=problems,
+        checked_rows=counts["images"],
+        checked_vectors=counts[STATUS_INDEXED],
+        repairs=[] if audit is None else audit.repairs(),
+    )

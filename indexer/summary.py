@@ -21,6 +21,7 @@ def summary_to_dict(summary: BuildSummary) -> dict[str, Any]:
         "moved": summary.moved,
         "copied": summary.copied,
         "touched": summary.touched,
+        "regridded": summary.regridded,
         "removed": summary.removed,
         "excluded": summary.excluded,
         "failed": summary.failed,
@@ -74,7 +75,8 @@ def build_summary_lines(summary: BuildSummary) -> list[str]:
         f"({summary.processed} processed at {summary.images_per_s:.2f} images/s, {summary.embedded} through the model)",
         f"  new {summary.new}  changed {summary.changed}  moved {summary.moved}  copied {summary.copied}  "
         f"touched {summary.touched}  removed {summary.removed}  unchanged {summary.unchanged}  failed {summary.failed}"
-        + (f"  excluded {summary.excluded} (left the catalog)" if summary.excluded else ""),
+        + (f"  excluded {summary.excluded} (left the catalog)" if summary.excluded else "")
+        + (f"  regridded {summary.regridded} (patch grid was missing)" if summary.regridded else ""),
     ]
     if summary.embedded:
         checked = summary.checked_cosine
@@ -170,7 +172,8 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     if patches["enabled"]:
         lines.append(
             f"patches      {patches['vectors']} vectors ({patches['grid']}x{patches['grid']} per photo) in "
-            f"{patches['index_type']}, {patches['bytes_per_image'] / 1024:.1f} KB per photo"
+            f"{patches['index_type']}, {patches['bytes_per_image'] / 1024:.1f} KB per photo "
+            f"(+ {patches['catalog_bytes_per_image'] / 1024:.1f} KB of grid codes in the catalog)"
             + (f", {storage_line(patches)}" if patches.get("index_on_disk") else "")
         )
     else:

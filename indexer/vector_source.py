@@ -124,7 +124,7 @@ class PatchVectors:
         return encode_cell_ids(np.asarray(item_ids, dtype=np.int64), self.vectors_per_item)
 
 
-def _unit_rows(values: npt.NDArray[np.float16]) -> Embeddings:
+def _unit_rows(values: npt.NDArray[np.floating]) -> Embeddings:
     rows = values.astype(np.float32)
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
     return (rows / np.maximum(norms, 1e-12)).astype(np.float32)

@@ -5,7 +5,8 @@
    how much of it the box covers.
 2. Candidates: each query cell searches the patch index; a photo's candidate score is the sum over
    query cells of its best cell match, so photos matching many parts of the region rise.
-3. Exact re-ranking from the stored grids of the best candidates: the query's block of cells is slid
+3. Re-ranking from the stored grids of the best candidates (compact codes whose inner products estimate
+   the original cells' without bias, :mod:`indexer.grid_codes`): the query's block of cells is slid
    over the candidate's grid at seven scales (0.5x to 2x, corrected for both photos' aspect ratios,
    since each is squashed to a square); a placement scores the coverage-weighted mean similarity of
    the cells it aligns. The best placement is the match; the query box, carried through it, is the
@@ -25,6 +26,9 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from indexer.catalog import StoredGrid
+from indexer.errors import CatalogError
+from indexer.grid_codes import grid_codes, rotate, rotated_cells
 from indexer.vector_source import decode_cell_ids
 from search.engine import QueryError, SearchEngine
 
@@ -238,6 +242,15 @@ def best_placement(
     return best
 
 
+def stored_cells(stored: StoredGrid, dim: int) -> Grid:
+    """A stored grid decoded into the codes' rotated space (``[g, g, dim]``; see :func:`rotated_cells`)."""
+    try:
+        codes = grid_codes(stored.data, stored.grid, dim)
+    except ValueError as error:
+        raise CatalogError(str(error)) from error
+    return rotated_cells(codes, dim).reshape(stored.grid, stored.grid, dim)
+
+
 def search_region(
     engine: SearchEngine, image: Image.Image | bytes | Path, box: Box | None = None, k: int | None = None
 ) -> RegionResults:
@@ -266,15 +279,17 @@ def search_region(
     ranked = sorted(evidence, key=lambda photo_id: -float(evidence[photo_id].sum()))[: settings.candidates]
 
     photos = engine.catalog.photos(ranked)
-    query_cells = cells.reshape(block.rows, block.cols, engine.dim)
+    # Compared in the grid codes' rotated space: one rotation of the query instead of one per photo cell.
+    query_cells = rotate(cells).reshape(block.rows, block.cols, engine.dim)
     coverage = cell_coverage(box, block, query.width, query.height)
     matches: list[tuple[float, int, Box, Grid]] = []
-    for chunk_ids, grids in engine.catalog.patch_grids(ranked, engine.dim):
-        for photo_id, photo_grid in zip(chunk_ids.tolist(), grids, strict=True):
+    for chunk_ids, stored in engine.catalog.stored_grids(ranked):
+        for photo_id, stored_grid in zip(chunk_ids.tolist(), stored, strict=True):
             photo = photos.get(photo_id)
             if photo is None:
                 continue
-            similarity = np.einsum("ijd,uvd->ijuv", query_cells, photo_grid.astype(np.float32))
+            photo_grid = stored_cells(stored_grid, engine.dim)
+            similarity = np.einsum("ijd,uvd->ijuv", query_cells, photo_grid)
             placement = best_placement(
                 similarity,
                 scale_rows=query.height / max(photo.height, 1),

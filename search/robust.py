@@ -37,8 +37,9 @@ import torch
 from PIL import Image
 
 from indexer.config import RobustConfig
+from indexer.grid_codes import rotate
 from search.engine import Box, MatchKind, QueryImage, SearchEngine, SearchResult, match_label
-from search.region import CellBlock, best_placement, matched_box
+from search.region import CellBlock, best_placement, matched_box, stored_cells
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +49,8 @@ PixelTransform = Callable[[torch.Tensor], torch.Tensor]
 # Share of the aligned cells that score a local placement (the best ones): a caption bar or a logo over
 # up to a quarter of the photo does not pull the score down.
 LOCAL_KEEP = 0.75
-# A local score replaces a global one only when higher by more than this: the stored grids are float16,
-# so an exact copy's cells agree to about 1e-3, and it stays a ``global`` match.
+# A local score replaces a global one only when higher by more than this: an exact copy's stored cells
+# estimate their similarity to the query's to about 1e-3 (indexer.grid_codes), and it stays ``global``.
 LOCAL_MARGIN = 1e-3
 # A flip or rotation replaces the query as it is only when it scores this much higher: every variant of
 # a query nudges every photo's score a little (random weights: by up to ~0.01), a real mirrored or turned
@@ -206,9 +207,14 @@ def robust_results(
 def _local_matches(engine: SearchEngine, query: QueryImage, results: Sequence[SearchResult]) -> dict[int, LocalMatch]:
     sizes = {r.id: (r.width, r.height) for r in results}
     found: dict[int, LocalMatch] = {}
-    for chunk_ids, grids in engine.catalog.patch_grids(list(sizes), engine.dim):
-        for photo_id, photo_grid in zip(chunk_ids.tolist(), grids, strict=True):
-            found[photo_id] = local_match(query, photo_grid.astype(np.float32), sizes[photo_id])
+    if query.patches is None:
+        return found
+    # Compared in the grid codes' rotated space: one rotation of the query instead of one per photo cell.
+    shape = query.patches.shape
+    rotated = replace(query, patches=rotate(query.patches.reshape(-1, shape[-1])).reshape(shape))
+    for chunk_ids, stored in engine.catalog.stored_grids(list(sizes)):
+        for photo_id, stored_grid in zip(chunk_ids.tolist(), stored, strict=True):
+            found[photo_id] = local_match(rotated, stored_cells(stored_grid, engine.dim), sizes[photo_id])
     return found
 
 

@@ -13,7 +13,7 @@ import pytest
 from alembic import command
 from sqlalchemy import create_engine, text
 
-from indexer import schema
+from indexer import grid_codes, schema
 from indexer.catalog import Catalog, FailedFile, IndexedFile, Provenance, redact_url
 from indexer.cli import main as indexer_main
 from indexer.errors import CatalogError
@@ -81,7 +81,10 @@ def test_paths_messages_vectors_and_grids_come_back_the_same(tmp_path: Path, db_
         for i, grid in zip(chunk_ids, chunk, strict=True)
     }
     for item in indexed:
-        assert item.patches is not None and np.array_equal(grids[by_path[item.path].id], item.patches)
+        # Grids are stored as compact codes: what comes back is the codes' decoding, bit for bit.
+        assert item.patches is not None
+        expected = grid_codes.decode_grid(grid_codes.encode_grid(item.patches), GRID, DIM)
+        assert np.array_equal(grids[by_path[item.path].id], expected)
 
     # The failure's name comes back as the same bytes; its message too, with the NUL byte made visible.
     assert catalog.failures() == [(failed.path, "empty-file", failed.message.replace("\x00", "\ufffd"))]
@@ -166,7 +169,7 @@ def test_a_schema_1_catalog_is_upgraded_in_place(tmp_path: Path, db_url: str | N
     url = _schema_1_sqlite(tmp_path / "old.sqlite") if db_url is None else _schema_1_postgres(db_url)
 
     # Readers refuse, and say what to run; they change nothing.
-    needs = r"schema revision 0001, this Loupe needs 0005: run `python -m indexer migrate`"
+    needs = r"schema revision 0001, this Loupe needs 0006: run `python -m indexer migrate`"
     with pytest.raises(CatalogError, match=needs):
         Catalog.open(url, create=False)
 
@@ -174,7 +177,7 @@ def test_a_schema_1_catalog_is_upgraded_in_place(tmp_path: Path, db_url: str | N
     provenance = catalog.provenance()
     assert provenance is not None
     assert (provenance.schema_version, provenance.patch_grid, provenance.catalog_id) == (
-        5,
+        6,
         0,
         "c0ffee00-0000-4000-8000-000000000001",
     )
@@ -209,14 +212,56 @@ def test_a_current_catalog_from_before_migrations_is_read_and_stamped(tmp_path: 
         for column in ("capture_time", "camera_make", "camera_model", "file_format", "metadata_version"):
             connection.execute(text(f"ALTER TABLE images DROP COLUMN {column}"))
     engine.dispose()
-    with pytest.raises(CatalogError, match="schema revision 0002, this Loupe needs 0005"):
+    with pytest.raises(CatalogError, match="schema revision 0002, this Loupe needs 0006"):
         Catalog.open(url, create=False)  # recognised as schema 2 by its tables; readers change nothing
     Catalog.open(url).close()  # a writer stamps it 0002 and upgrades it
     with create_engine(url).connect() as connection:
-        assert connection.scalar(text("SELECT version_num FROM alembic_version")) == "0005"
+        assert connection.scalar(text("SELECT version_num FROM alembic_version")) == "0006"
         assert connection.scalar(text("SELECT count(*) FROM vector_makers")) == 0
         assert connection.scalar(text("SELECT count(*) FROM calibrations")) == 0
     Catalog.open(url, create=False).close()
+
+
+def test_float16_grids_of_schema_4_are_encoded_in_place(tmp_path: Path, db_url: str | None) -> None:
+    url = _url(tmp_path, db_url)
+    catalog = Catalog.open(url)
+    catalog.ensure_provenance(Provenance(**{**PROVENANCE.__dict__, "dim": 384, "patch_grid": 4}))
+    rng = np.random.default_rng(3)
+    grids = rng.standard_normal((3, 4, 4, 384)).astype(np.float32)
+    grids /= np.linalg.norm(grids, axis=-1, keepdims=True)
+    outcomes = [
+        IndexedFile(f"/p/{i}.jpg", 1, 1, f"{i:064x}", 8, 8, grids[i, 0, 0], grids[i].astype(np.float16))
+        for i in range(3)
+    ]
+    catalog.commit_outcomes(outcomes)
+    catalog.close()
+    # Back to schema 4 and its float16 grids, as a catalog of the previous Loupe holds them.
+    with create_engine(url).begin() as connection:
+        command.downgrade(schema._config(connection), "0004")
+        rows = connection.execute(text("SELECT image_id, data FROM patch_grids ORDER BY image_id")).all()
+        assert [len(data) for _, data in rows] == [4 * 4 * 384 * 2] * 3
+        for image_id, _ in rows:
+            original = grids[image_id - 1].astype(np.float16).tobytes()
+            connection.execute(
+                text("UPDATE patch_grids SET data = :d WHERE image_id = :i"), {"d": original, "i": image_id}
+            )
+        assert connection.scalar(text("SELECT schema_version FROM provenance")) == 4
+
+    assert indexer_main(["migrate", "--db-url", url, "--data-dir", str(tmp_path)]) == 0
+    catalog = Catalog.open(url, create=False)
+    provenance = catalog.provenance()
+    assert provenance is not None and provenance.schema_version == 6
+    count, size = catalog.patch_bytes()
+    assert (count, size) == (3, 3 * grid_codes.grid_bytes(4, 384))
+    ids, _ = catalog.patch_ids()
+    for chunk_ids, chunk in catalog.patch_grids(ids, 384):
+        for image_id, decoded in zip(chunk_ids.tolist(), chunk, strict=True):
+            original = grids[image_id - 1]
+            # Each decoded cell estimates its original's inner products: with itself, 1 to the cosine byte.
+            np.testing.assert_allclose((decoded * original).sum(axis=-1), 1.0, atol=3e-3)
+            rounded = original.astype(np.float16)
+            assert np.array_equal(decoded, grid_codes.decode_grid(grid_codes.encode_grid(rounded), 4, 384))
+    catalog.close()
 
 
 def test_a_catalog_from_a_newer_loupe_is_refused(tmp_path: Path) -> None:
@@ -232,9 +277,9 @@ def test_a_catalog_from_a_newer_loupe_is_refused(tmp_path: Path) -> None:
 def test_migrate_command_upgrades_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _schema_1_sqlite(tmp_path / "catalog.sqlite")
     assert indexer_main(["migrate", "--data-dir", str(tmp_path)]) == 0
-    assert capsys.readouterr().out.strip() == "migrate: schema revision 0005 (was 0001)"
+    assert capsys.readouterr().out.strip() == "migrate: schema revision 0006 (was 0001)"
     assert indexer_main(["migrate", "--data-dir", str(tmp_path)]) == 0
-    assert capsys.readouterr().out.strip() == "migrate: schema revision 0005"
+    assert capsys.readouterr().out.strip() == "migrate: schema revision 0006"
     assert indexer_main(["migrate", "--data-dir", str(tmp_path / "nothing")]) == 2
     assert "no catalog at" in capsys.readouterr().err
 

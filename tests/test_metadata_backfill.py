@@ -91,7 +91,7 @@ def test_a_schema_4_catalog_gets_its_metadata_on_the_next_build_without_the_mode
     before = _vectors(config.resolved_db_url)
 
     _downgrade_to_schema_4(config.resolved_db_url)
-    with pytest.raises(CatalogError, match="schema revision 0004, this Loupe needs 0005"):
+    with pytest.raises(CatalogError, match="schema revision 0004, this Loupe needs 0006"):
         Catalog.open(config.resolved_db_url, create=False)  # readers refuse, as for every upgrade
 
     def no_model(*_args: object, **_kwargs: object) -> None:

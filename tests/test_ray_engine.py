@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageOps
 
 from indexer.catalog import Catalog
 from indexer.decode import DecodeLimits
@@ -43,6 +44,7 @@ from indexer.ray_engine import (
 )
 from indexer.reader import ReadResult, WorkItem, read_one
 from indexer.vector_index import check_index
+from indexer.vector_source import patch_vectors_of
 from search.engine import SearchEngine
 from tests.conftest import PHOTOS, RAY_REQUIRE_ENV, required_module, small_config
 
@@ -124,9 +126,8 @@ def _contents(data_dir: Path) -> dict[str, Any]:
             for chunk, vs in catalog.embeddings_for(ids, 384)
             for i, v in zip(chunk, vs, strict=True)
         }
-        # A content's patch grid is stored once, on whichever of its rows was committed first.
         grids = {
-            photos[int(i)].sha256: g
+            photos[int(i)].path: g
             for chunk, gs in catalog.patch_grids(ids, 384)
             for i, g in zip(chunk, gs, strict=True)
         }
@@ -138,7 +139,9 @@ def _contents(data_dir: Path) -> dict[str, Any]:
             "states": states,
             "failures": sorted(catalog.failures()),
             "counts": catalog.counts(),
-            "problems": check_index(catalog, data_dir),
+            "problems": check_index(catalog, data_dir)
+            + check_index(catalog, data_dir, source=patch_vectors_of(catalog)),
+            "without_grid": catalog.photos_without_grid(),
         }
     finally:
         catalog.close()
@@ -157,12 +160,15 @@ def test_ray_build_equals_local_build(built: Built) -> None:
     assert on_ray["vectors"].keys() == local["vectors"].keys()
     for path, vector in local["vectors"].items():
         np.testing.assert_array_equal(on_ray["vectors"][path], vector, err_msg=path)
-    assert on_ray["grids"].keys() == local["grids"].keys()
-    for sha256, grid in local["grids"].items():
-        np.testing.assert_array_equal(on_ray["grids"][sha256], grid, err_msg=sha256)
+    # Every indexed photo has its grid, the duplicate included (it carries its twin's).
+    assert on_ray["grids"].keys() == local["grids"].keys() == on_ray["vectors"].keys()
+    for path, grid in local["grids"].items():
+        np.testing.assert_array_equal(on_ray["grids"][path], grid, err_msg=path)
     duplicate = str((built.photos / "coffee-duplicate.jpg").resolve())
     original = str((built.photos / "scikit-image__coffee.jpg").resolve())
     np.testing.assert_array_equal(on_ray["vectors"][duplicate], on_ray["vectors"][original])
+    np.testing.assert_array_equal(on_ray["grids"][duplicate], on_ray["grids"][original])
+    assert on_ray["without_grid"] == local["without_grid"] == []
     assert on_ray["problems"] == local["problems"] == []
 
     for name in COUNTS:
@@ -200,7 +206,8 @@ def test_incremental_ray_run_reuses_known_content(built: Built, tmp_path: Path) 
     extra = tmp_path / "extra"
     extra.mkdir()
     shutil.copy2(PHOTOS / "scikit-image__rocket.jpg", extra / "rocket-copy.jpg")
-    before = _contents(data)["vectors"]
+    before = _contents(data)
+    rocket = str((built.photos / "scikit-image__rocket.jpg").resolve())
 
     summary = run_build(_ray_config(data), [built.photos, extra], show_progress=False)
 
@@ -208,13 +215,28 @@ def test_incremental_ray_run_reuses_known_content(built: Built, tmp_path: Path) 
     assert summary.unchanged == N_PHOTOS + 2
     after = _contents(data)
     copy_path = str((extra / "rocket-copy.jpg").resolve())
-    np.testing.assert_array_equal(
-        after["vectors"][copy_path], before[str((built.photos / "scikit-image__rocket.jpg").resolve())]
-    )
-    assert after["problems"] == []
+    np.testing.assert_array_equal(after["vectors"][copy_path], before["vectors"][rocket])
+    np.testing.assert_array_equal(after["grids"][copy_path], before["grids"][rocket])
+    assert after["problems"] == [] and after["without_grid"] == []
     # Nothing new at all: the plan is empty and Ray is not even asked.
     again = run_build(_ray_config(data), [built.photos, extra], show_progress=False)
     assert (again.unchanged, again.processed, again.embedded) == (N_PHOTOS + 3, 0, 0)
+
+    # A move carries the grid to the new row; the old row's grid goes with it.
+    mirrored = extra / "rocket-mirrored.jpg"
+    with Image.open(PHOTOS / "scikit-image__rocket.jpg") as image:
+        ImageOps.mirror(image).save(mirrored, quality=90)  # content of its own
+    assert run_build(_ray_config(data), [built.photos, extra], show_progress=False).embedded == 1
+    grid = _contents(data)["grids"][str(mirrored.resolve())]
+    (extra / "sub").mkdir()
+    moved_to = extra / "sub" / "rocket-moved.jpg"
+    shutil.move(mirrored, moved_to)
+    moved = run_build(_ray_config(data), [built.photos, extra], show_progress=False)
+    assert (moved.moved, moved.embedded) == (1, 0)
+    final = _contents(data)
+    np.testing.assert_array_equal(final["grids"][str(moved_to.resolve())], grid)
+    assert str(mirrored.resolve()) not in final["grids"]
+    assert final["problems"] == [] and final["without_grid"] == []
 
 
 # fast checks, no Ray cluster needed ---------------------------------------------------------------

@@ -156,7 +156,7 @@ def test_no_patches_turns_region_search_off(photo_dir: Path, tmp_path: Path) -> 
     engine.close()
 
 
-def test_default_grid_stays_under_64_kb_per_photo(tmp_path: Path) -> None:
+def test_default_patch_data_stays_under_40_kb_per_photo(tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     photos.mkdir()
     for name in ("scikit-image__moon.jpg", "scikit-image__coffee.jpg", "scikit-learn__flower.jpg"):
@@ -165,4 +165,6 @@ def test_default_grid_stays_under_64_kb_per_photo(tmp_path: Path) -> None:
     run_build(config, [photos], show_progress=False)
     patches = collection_status(config)["patches"]
     assert patches["grid"] == 16 and patches["vectors"] == 3 * 256
-    assert 0 < patches["bytes_per_image"] <= 64 * 1024
+    assert patches["catalog_bytes_per_image"] == 256 * 78  # 1.6-bit codes and a cosine byte per cell
+    assert 0 < patches["bytes_per_image"] <= 17 * 1024  # RaBitQ: 1 bit per value, 16 bytes of factors and id
+    assert patches["bytes_per_image"] + patches["catalog_bytes_per_image"] <= 40 * 1024

@@ -92,7 +92,10 @@ def test_a_crop_is_verified_locally_with_its_box(engine: SearchEngine) -> None:
     found = search_image_robust(engine, photo.crop(box), 3)
     plain = search_image_robust(engine, photo.crop(box), 3, _plain(engine))  # type: ignore[arg-type]
     assert Path(found[0].path).name == name and found[0].match == "local"
-    assert found[0].box is not None and _iou(found[0].box, box) >= 0.7
+    # The box overlaps the crop well (IoU 0.57): with random weights the crop's full placement and a
+    # smaller one score 0.970 and 0.971, a near-tie that the stored grids' 1.6-bit codes decide (float16
+    # grids gave IoU 0.99; over 24 crops the mean IoU moves by 0.017, docs/region-search.md).
+    assert found[0].box is not None and _iou(found[0].box, box) >= 0.5
     assert found[0].score > next(r.score for r in plain if Path(r.path).name == name) + 0.05
     assert found[0].to_dict()["box"] == list(found[0].box) and found[0].to_dict()["match"] == "local"
 
