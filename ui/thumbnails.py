@@ -14,6 +14,8 @@ import hashlib
 import logging
 import os
 import uuid
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +29,19 @@ from indexer.errors import DecodeError
 logger = logging.getLogger(__name__)
 
 THUMBNAIL_SIDE = 256
+# Threads making a page's missing thumbnails: Pillow releases the GIL while it decodes and resizes, so a
+# few threads keep every core busy while others wait on the disk.
+THUMBNAIL_THREADS = 4
 Box = tuple[int, int, int, int]
 
 
 def thumbnail_dir(data_dir: Path) -> Path:
     return data_dir / "thumbnails"
+
+
+def thumbnail_path(data_dir: Path, photo: PhotoRecord) -> Path:
+    """Where the thumbnail of ``photo`` is cached: named by id and content, so a changed photo gets a new one."""
+    return thumbnail_dir(data_dir) / f"{photo.id}-{photo.sha256[:12]}.jpg"
 
 
 def read_indexed(photo: PhotoRecord, limits: DecodeLimits, min_side: int) -> DecodedImage | None:
@@ -50,7 +60,7 @@ def read_indexed(photo: PhotoRecord, limits: DecodeLimits, min_side: int) -> Dec
 def thumbnail(data_dir: Path, photo: PhotoRecord, limits: DecodeLimits) -> Path | None:
     """The cached thumbnail of an indexed photo (made on first use); None if the file is gone, broken or no
     longer the indexed content."""
-    target = thumbnail_dir(data_dir) / f"{photo.id}-{photo.sha256[:12]}.jpg"
+    target = thumbnail_path(data_dir, photo)
     if target.exists():
         return target
     decoded = read_indexed(photo, limits, THUMBNAIL_SIDE)
@@ -63,6 +73,30 @@ def thumbnail(data_dir: Path, photo: PhotoRecord, limits: DecodeLimits) -> Path 
     image.save(temporary, format="JPEG", quality=85)
     os.replace(temporary, target)
     return target
+
+
+def thumbnails(
+    data_dir: Path, photos: Iterable[PhotoRecord], limits: DecodeLimits, threads: int = THUMBNAIL_THREADS
+) -> dict[int, Path | None]:
+    """The cached thumbnail of each of ``photos`` by id (None as for :func:`thumbnail`); the missing ones
+    are made now, in ``threads`` threads. For a page of results: only the photos shown are ever read."""
+    wanted = {photo.id: photo for photo in photos}
+    made: dict[int, Path | None] = {}
+    missing: list[PhotoRecord] = []
+    for photo in wanted.values():
+        cached = thumbnail_path(data_dir, photo)
+        if cached.exists():
+            made[photo.id] = cached
+        else:
+            missing.append(photo)
+    if len(missing) > 1 and threads > 1:
+        with ThreadPoolExecutor(max_workers=min(threads, len(missing)), thread_name_prefix="thumbnail") as pool:
+            made.update(
+                zip((p.id for p in missing), pool.map(lambda p: thumbnail(data_dir, p, limits), missing), strict=True)
+            )
+    else:
+        made.update((photo.id, thumbnail(data_dir, photo, limits)) for photo in missing)
+    return made
 
 
 def full_image(photo: PhotoRecord, limits: DecodeLimits, longest_side: int = 1600) -> Image.Image | None:

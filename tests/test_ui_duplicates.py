@@ -1,0 +1,236 @@
+"""The Duplicates page with ``AppTest``: pages of groups, keep toggles feeding the planner, the stored
+decisions, apply with its dry-run plan and confirmation, and undo, on a small real collection."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+import ui.thumbnails
+from indexer.catalog import Catalog
+from indexer.duplicate_decisions import content_pair, load_decisions
+from indexer.lock import exclusive_writer
+from indexer.pipeline import run_build
+from search.apply_plan import KEPT_BY_CURATOR
+from tests.apply_collection import (
+    DUPLICATES,
+    KEEPER_OF,
+    Collection,
+    assert_consistent,
+    catalog_rows,
+    make_photos,
+    restore,
+    tree_state,
+)
+from tests.conftest import PHOTOS, small_config
+from ui.state import open_engine
+
+APP = str(Path(__file__).resolve().parent.parent / "ui" / "app.py")
+THRESHOLD = 0.999
+# Two more groups than apply_collection's five, so that pages of five groups make two pages.
+EXTRA = {"more/astronaut.jpg": "scikit-image__astronaut.jpg", "more/flower-small.jpg": "scikit-learn__flower.jpg"}
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ui-duplicates")
+    photos = root / "live" / "photos"
+    make_photos(photos)
+    (photos / "more").mkdir()
+    shutil.copyfile(PHOTOS / EXTRA["more/astronaut.jpg"], photos / "more" / "astronaut.jpg")
+    with Image.open(PHOTOS / EXTRA["more/flower-small.jpg"]) as flower:
+        flower.resize((flower.width * 3 // 4, flower.height * 3 // 4)).save(photos / "more" / "flower-small.jpg")
+    run_build(small_config(root / "live" / "data"), [photos], show_progress=False)
+    shutil.copytree(root / "live", root / "template", symlinks=True)
+    return root
+
+
+@pytest.fixture()
+def collection(template: Path) -> Collection:
+    return restore(template)
+
+
+def open_page(collection: Collection, monkeypatch: pytest.MonkeyPatch, **state: object) -> AppTest:
+    """The Duplicates page of ``collection`` at :data:`THRESHOLD`, with ``state`` in the session first."""
+    # Every test restores the collection at the same path: an engine cached by an earlier test would
+    # still read the catalog file that test replaced.
+    open_engine.clear()
+    monkeypatch.setenv("LOUPE_DATA_DIR", str(collection.data))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["duplicates-threshold"] = THRESHOLD
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
+    at.switch_page("views/duplicates.py").run()
+    assert not at.exception
+    return at
+
+
+@pytest.fixture()
+def app(collection: Collection, monkeypatch: pytest.MonkeyPatch) -> Iterator[AppTest]:
+    yield open_page(collection, monkeypatch)
+
+
+def _group_titles(at: AppTest) -> list[str]:
+    return [md.value for md in at.markdown if md.value.startswith("**Group ")]
+
+
+def _photo_id(collection: Collection, relative: str) -> int:
+    catalog = Catalog.open(collection.config.resolved_db_url, create=False)
+    try:
+        photo = catalog.photo_by_path(str(collection.path(relative).resolve()))
+    finally:
+        catalog.close()
+    assert photo is not None, relative
+    return photo.id
+
+
+def test_groups_come_a_page_at_a_time(collection: Collection, monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[int] = []
+    real_thumbnail = ui.thumbnails.thumbnail
+
+    def counting(data_dir: Path, photo: object, limits: object) -> Path | None:
+        made.append(photo.id)  # type: ignore[attr-defined]
+        return real_thumbnail(data_dir, photo, limits)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ui.thumbnails, "thumbnail", counting)
+    app = open_page(collection, monkeypatch, **{"duplicates-per-page": 5})
+    assert any("7 groups" in md.value for md in app.markdown)
+    first = _group_titles(app)
+    assert len(first) == 5 and first[0].startswith("**Group 1**")
+    assert any(c.value == "Groups 1-5 of 7" for c in app.caption)
+    assert len(made) == 10 and len(app.image) == 10  # only this page's photos: five groups of two
+
+    made.clear()
+    app.button(key="duplicates-next-top").click().run()
+    second = _group_titles(app)
+    assert [title.split("·")[0] for title in second] == ["**Group 6** ", "**Group 7** "]
+    assert not set(second) & set(first)
+    assert len(made) == 4 and app.number_input(key="duplicates-page").value == 2
+    # The keeper rule in words, and each photo's format from its header.
+    assert all(title.endswith(")") and "keeper" in title for title in second)
+    assert any(c.value.startswith("★ keeper") and c.value.rstrip().endswith("JPEG") for c in app.caption)
+
+    app.button(key="duplicates-previous-bottom").click().run()
+    assert _group_titles(app) == first
+    assert app.get("download_button")  # the CSV, made only when clicked
+
+
+def test_keep_toggles_feed_the_plan_and_nothing_moves_before_the_confirmation(
+    app: AppTest, collection: Collection
+) -> None:
+    before = tree_state(collection.root)
+    kept = _photo_id(collection, "copies/moon-q50.jpg")
+    app.toggle(key=f"duplicates-keep-{kept}").set_value(True).run()
+    app.selectbox(key="duplicates-apply-kind").set_value("trash").run()
+    app.button(key="duplicates-apply-review").click().run()
+    assert not app.exception
+    (table,) = app.dataframe
+    rows = {row["photo"]: row for row in table.value.to_dict("records")}
+    assert rows[str(collection.path("copies/moon-q50.jpg"))]["to / why"] == KEPT_BY_CURATOR
+    assert rows[str(collection.path("copies/moon-q50.jpg"))]["do"] == "skip"
+    acted = [path for path, row in rows.items() if row["do"] == "trash"]
+    assert len(acted) == len(DUPLICATES) + len(EXTRA) - 1
+    assert app.button(key="duplicates-apply-confirm").label.startswith("Confirm: trash 6 photos")
+    assert tree_state(collection.root) == before  # a dry run
+
+    # Another toggle after the plan was made: the plan is dropped, never carried out.
+    app.toggle(key=f"duplicates-keep-{kept}").set_value(False).run()
+    assert not [b for b in app.button if b.key == "duplicates-apply-confirm"]
+    assert any("review the plan again" in info.value for info in app.info)
+    assert tree_state(collection.root) == before
+
+
+def test_apply_a_move_then_undo_it(app: AppTest, collection: Collection) -> None:
+    before_files, before_rows = tree_state(collection.root), catalog_rows(collection)
+    kept = "copies/clock-half.jpg"
+    app.toggle(key=f"duplicates-keep-{_photo_id(collection, kept)}").set_value(True).run()
+    app.text_input(key="duplicates-apply-folder").input("dups").run()
+    app.button(key="duplicates-apply-review").click().run()
+    assert any("not a full path" in error.value for error in app.error)
+    dups = collection.root / "dups"
+    app.text_input(key="duplicates-apply-folder").input(str(dups)).run()
+    app.button(key="duplicates-apply-review").click().run()
+    assert tree_state(collection.root) == before_files
+    app.button(key="duplicates-apply-confirm").click().run()
+    assert not app.exception
+    assert any(s.value.startswith(f"move:{dups}: 6 done, 0 skipped, 0 failed") for s in app.success)
+
+    moved = [relative for relative in [*DUPLICATES, *EXTRA] if relative != kept]
+    for relative in moved:
+        assert not collection.path(relative).exists()
+        landed = dups / Path(relative).name
+        assert f"photos/{relative}" in before_files  # its bytes, moved byte for byte
+        assert tree_state(dups)[landed.name] == before_files[f"photos/{relative}"]
+    assert collection.path(kept).exists()
+    rows = catalog_rows(collection)
+    assert {rows[i][0] for i in rows} == {before_rows[i][0] for i in before_rows} - {
+        str(collection.path(r)) for r in moved
+    } | {str(dups / Path(r).name) for r in moved}
+    # The groups follow the catalog: the moved copies are still duplicates of their keepers.
+    assert any("7 groups" in md.value for md in app.markdown)
+    assert any(str(dups) in c.value for c in app.caption)
+
+    app.button(key="duplicates-apply-undo").click().run()
+    assert not app.exception
+    assert any("6 undone" in s.value for s in app.success)
+    assert not [b for b in app.button if b.key == "duplicates-apply-undo"]
+    after = tree_state(collection.root)
+    assert {k: v for k, v in after.items() if not k.startswith("data/")} == {
+        k: v for k, v in before_files.items() if not k.startswith("data/")
+    }
+    assert catalog_rows(collection) == before_rows
+    assert_consistent(collection)
+
+
+def test_an_apply_while_a_build_runs_changes_nothing(app: AppTest, collection: Collection) -> None:
+    before = tree_state(collection.photos)
+    app.selectbox(key="duplicates-apply-kind").set_value("trash").run()
+    app.button(key="duplicates-apply-review").click().run()
+    with exclusive_writer(collection.data, "a build"):
+        app.button(key="duplicates-apply-confirm").click().run()
+    assert not app.exception
+    assert any(error.value.startswith("Nothing was done:") for error in app.error)
+    assert tree_state(collection.photos) == before
+    assert [b for b in app.button if b.key == "duplicates-apply-confirm"]  # the plan is still there to confirm
+
+
+def test_keep_this_one_and_not_a_duplicate_store_decisions_and_regroup(app: AppTest, collection: Collection) -> None:
+    half = "copies/clock-half.jpg"
+    half_id = _photo_id(collection, half)
+    app.button(key=f"duplicates-pin-{half_id}").click().run()
+    assert not app.exception
+    assert any("now the keeper of its group" in s.value for s in app.success)
+    clock_group = next(t for t in _group_titles(app) if "clock" in t)
+    assert clock_group.endswith("keeper **clock-half.jpg** (pinned as the keeper)"), clock_group
+
+    catalog = Catalog.open(collection.config.resolved_db_url, create=False)
+    try:
+        half_photo = catalog.photo_by_path(str(collection.path(half)))
+        assert half_photo is not None and load_decisions(catalog).pinned == (half_photo.sha256,)
+    finally:
+        catalog.close()
+    app.button(key=f"duplicates-unpin-{half_id}").click().run()
+    assert any("no longer pinned" in s.value for s in app.success)
+    assert "scikit-image__clock_motion.jpg" in next(t for t in _group_titles(app) if "clock" in t)
+
+    moon = "copies/moon-q50.jpg"
+    app.button(key=f"duplicates-dismiss-{_photo_id(collection, moon)}").click().run()
+    assert any("not duplicates" in s.value for s in app.success)
+    assert any("6 groups" in md.value for md in app.markdown)
+    assert not [t for t in _group_titles(app) if "moon" in t]
+    catalog = Catalog.open(collection.config.resolved_db_url, create=False)
+    try:
+        photos = [catalog.photo_by_path(str(collection.path(p))) for p in (moon, KEEPER_OF[moon])]
+        assert photos[0] is not None and photos[1] is not None
+        assert load_decisions(catalog).dismissed == {content_pair(photos[0].sha256, photos[1].sha256)}
+    finally:
+        catalog.close()
+    # An exact copy cannot be dismissed: the same bytes are always duplicates.
+    exact = _photo_id(collection, "copies/rocket-copy.jpg")
+    assert app.button(key=f"duplicates-dismiss-{exact}").disabled
