@@ -3,6 +3,7 @@ decisions, apply with its dry-run plan and confirmation, and undo, on a small re
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,8 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import ui.thumbnails
-from indexer.catalog import Catalog
+from indexer.catalog import Catalog, PhotoRecord
+from indexer.decode import DecodeLimits
 from indexer.duplicate_decisions import content_pair, load_decisions
 from indexer.lock import exclusive_writer
 from indexer.pipeline import run_build
@@ -76,8 +78,29 @@ def app(collection: Collection, monkeypatch: pytest.MonkeyPatch) -> Iterator[App
     yield open_page(collection, monkeypatch)
 
 
+def _plain(markdown: str) -> str:
+    """Markdown with its backslash escapes read (names like ``scikit-image__moon.jpg`` come escaped)."""
+    return re.sub(r"\\(.)", r"\1", markdown)
+
+
 def _group_titles(at: AppTest) -> list[str]:
-    return [md.value for md in at.markdown if md.value.startswith("**Group ")]
+    return [_plain(md.value) for md in at.markdown if md.value.startswith("**Group ")]
+
+
+def _group_number(at: AppTest, collection: Collection, relative: str) -> int:
+    """The number of the group that holds the photo at ``relative`` on the page now."""
+    path = str(collection.path(relative))
+    groups = at.session_state["duplicates-groups"]
+    return next(n for n, group in enumerate(groups, start=1) if any(m.path == path for m in group.members))
+
+
+def _tables(at: AppTest) -> list[list[list[str]]]:
+    """Each group's table of photos: its rows, each row's cells (Markdown escapes read)."""
+    return [
+        [[cell.strip() for cell in row.strip("|").split(" | ")] for row in _plain(md.value).splitlines()[2:]]
+        for md in at.markdown
+        if md.value.startswith("| # |")
+    ]
 
 
 def _photo_id(collection: Collection, relative: str) -> int:
@@ -94,9 +117,9 @@ def test_groups_come_a_page_at_a_time(collection: Collection, monkeypatch: pytes
     made: list[int] = []
     real_thumbnail = ui.thumbnails.thumbnail
 
-    def counting(data_dir: Path, photo: object, limits: object) -> Path | None:
-        made.append(photo.id)  # type: ignore[attr-defined]
-        return real_thumbnail(data_dir, photo, limits)  # type: ignore[arg-type]
+    def counting(data_dir: Path, photo: PhotoRecord, limits: DecodeLimits, side: int) -> Path | None:
+        made.append(photo.id)
+        return real_thumbnail(data_dir, photo, limits, side)
 
     monkeypatch.setattr(ui.thumbnails, "thumbnail", counting)
     app = open_page(collection, monkeypatch, **{"duplicates-per-page": 5})
@@ -104,7 +127,7 @@ def test_groups_come_a_page_at_a_time(collection: Collection, monkeypatch: pytes
     first = _group_titles(app)
     assert len(first) == 5 and first[0].startswith("**Group 1**")
     assert any(c.value == "Groups 1-5 of 7" for c in app.caption)
-    assert len(made) == 10 and len(app.image) == 10  # only this page's photos: five groups of two
+    assert len(made) == 10 and len(app.image) == 5  # only this page's photos; one contact sheet per group
 
     made.clear()
     app.button(key="duplicates-next-top").click().run()
@@ -114,7 +137,15 @@ def test_groups_come_a_page_at_a_time(collection: Collection, monkeypatch: pytes
     assert len(made) == 4 and app.number_input(key="duplicates-page").value == 2
     # The keeper rule in words, and each photo's format from its header.
     assert all(title.endswith(")") and "keeper" in title for title in second)
-    assert any(c.value.startswith("★ keeper") and c.value.rstrip().endswith("JPEG") for c in app.caption)
+    # Groups 6 and 7: the flower and its smaller copy, the lighthouse and its exact copy, each with its
+    # keeper first, and each photo's format from its header.
+    flower, lighthouse = _tables(app)
+    assert [row[:3] for row in lighthouse] == [
+        ["1", "tuxpaint-data__lighthouse.jpg", "★ keeper"],
+        ["2", "lighthouse.jpg", "exact copy"],
+    ]
+    assert flower[1][1] == "flower-small.jpg" and flower[1][2].startswith("similarity ")
+    assert all(row[5] == "JPEG" for row in flower + lighthouse)
 
     app.button(key="duplicates-previous-bottom").click().run()
     assert _group_titles(app) == first
@@ -126,7 +157,8 @@ def test_keep_toggles_feed_the_plan_and_nothing_moves_before_the_confirmation(
 ) -> None:
     before = tree_state(collection.root)
     kept = _photo_id(collection, "copies/moon-q50.jpg")
-    app.toggle(key=f"duplicates-keep-{kept}").set_value(True).run()
+    toggles = f"duplicates-keep-{_group_number(app, collection, 'copies/moon-q50.jpg')}"
+    app.pills(key=toggles).set_value([kept]).run()
     app.selectbox(key="duplicates-apply-kind").set_value("trash").run()
     app.button(key="duplicates-apply-review").click().run()
     assert not app.exception
@@ -140,7 +172,7 @@ def test_keep_toggles_feed_the_plan_and_nothing_moves_before_the_confirmation(
     assert tree_state(collection.root) == before  # a dry run
 
     # Another toggle after the plan was made: the plan is dropped, never carried out.
-    app.toggle(key=f"duplicates-keep-{kept}").set_value(False).run()
+    app.pills(key=toggles).set_value([]).run()
     assert not [b for b in app.button if b.key == "duplicates-apply-confirm"]
     assert any("review the plan again" in info.value for info in app.info)
     assert tree_state(collection.root) == before
@@ -149,7 +181,9 @@ def test_keep_toggles_feed_the_plan_and_nothing_moves_before_the_confirmation(
 def test_apply_a_move_then_undo_it(app: AppTest, collection: Collection) -> None:
     before_files, before_rows = tree_state(collection.root), catalog_rows(collection)
     kept = "copies/clock-half.jpg"
-    app.toggle(key=f"duplicates-keep-{_photo_id(collection, kept)}").set_value(True).run()
+    app.pills(key=f"duplicates-keep-{_group_number(app, collection, kept)}").set_value(
+        [_photo_id(collection, kept)]
+    ).run()
     app.text_input(key="duplicates-apply-folder").input("dups").run()
     app.button(key="duplicates-apply-review").click().run()
     assert any("not a full path" in error.value for error in app.error)
@@ -174,7 +208,7 @@ def test_apply_a_move_then_undo_it(app: AppTest, collection: Collection) -> None
     } | {str(dups / Path(r).name) for r in moved}
     # The groups follow the catalog: the moved copies are still duplicates of their keepers.
     assert any("7 groups" in md.value for md in app.markdown)
-    assert any(str(dups) in c.value for c in app.caption)
+    assert any(row[6] == str(dups) for table in _tables(app) for row in table)
 
     app.button(key="duplicates-apply-undo").click().run()
     assert not app.exception
@@ -202,12 +236,13 @@ def test_an_apply_while_a_build_runs_changes_nothing(app: AppTest, collection: C
 
 def test_keep_this_one_and_not_a_duplicate_store_decisions_and_regroup(app: AppTest, collection: Collection) -> None:
     half = "copies/clock-half.jpg"
-    half_id = _photo_id(collection, half)
-    app.button(key=f"duplicates-pin-{half_id}").click().run()
+    number = _group_number(app, collection, half)
+    app.selectbox(key=f"duplicates-photo-{number}").set_value(_photo_id(collection, half)).run()
+    app.button(key=f"duplicates-pin-{number}").click().run()
     assert not app.exception
     assert any("now the keeper of its group" in s.value for s in app.success)
-    clock_group = next(t for t in _group_titles(app) if "clock" in t)
-    assert clock_group.endswith("keeper **clock-half.jpg** (pinned as the keeper)"), clock_group
+    number = _group_number(app, collection, half)
+    assert _group_titles(app)[number - 1].endswith("keeper **clock-half.jpg** (pinned as the keeper)")
 
     catalog = Catalog.open(collection.config.resolved_db_url, create=False)
     try:
@@ -215,12 +250,15 @@ def test_keep_this_one_and_not_a_duplicate_store_decisions_and_regroup(app: AppT
         assert half_photo is not None and load_decisions(catalog).pinned == (half_photo.sha256,)
     finally:
         catalog.close()
-    app.button(key=f"duplicates-unpin-{half_id}").click().run()
+    app.button(key=f"duplicates-unpin-{number}").click().run()
     assert any("no longer pinned" in s.value for s in app.success)
-    assert "scikit-image__clock_motion.jpg" in next(t for t in _group_titles(app) if "clock" in t)
+    number = _group_number(app, collection, half)
+    assert "keeper **scikit-image__clock_motion.jpg**" in _group_titles(app)[number - 1]
 
     moon = "copies/moon-q50.jpg"
-    app.button(key=f"duplicates-dismiss-{_photo_id(collection, moon)}").click().run()
+    number = _group_number(app, collection, moon)
+    app.selectbox(key=f"duplicates-photo-{number}").set_value(_photo_id(collection, moon)).run()
+    app.button(key=f"duplicates-dismiss-{number}").click().run()
     assert any("not duplicates" in s.value for s in app.success)
     assert any("6 groups" in md.value for md in app.markdown)
     assert not [t for t in _group_titles(app) if "moon" in t]
@@ -232,5 +270,6 @@ def test_keep_this_one_and_not_a_duplicate_store_decisions_and_regroup(app: AppT
     finally:
         catalog.close()
     # An exact copy cannot be dismissed: the same bytes are always duplicates.
-    exact = _photo_id(collection, "copies/rocket-copy.jpg")
-    assert app.button(key=f"duplicates-dismiss-{exact}").disabled
+    number = _group_number(app, collection, "copies/rocket-copy.jpg")
+    app.selectbox(key=f"duplicates-photo-{number}").set_value(_photo_id(collection, "copies/rocket-copy.jpg")).run()
+    assert app.button(key=f"duplicates-dismiss-{number}").disabled

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,7 +31,8 @@ from search.duplicates import DuplicateGroup, DuplicateMember, find_duplicate_gr
 from search.engine import SearchEngine
 from search.keeper import KEEPER_RULE_WORDS, PINNED
 from ui.components import metadata_caption
-from ui.thumbnails import thumbnails
+from ui.contact_sheets import MOST_TILES, TILE, contact_sheet
+from ui.thumbnails import THUMBNAIL_THREADS, thumbnails
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +42,9 @@ PER_PAGE = f"{KEY}-per-page"
 KEPT = f"{KEY}-kept"  # ids of the photos toggled to keep
 NOTICE = f"{KEY}-notice"  # what the last decision stored, shown once
 PAGE_SIZES = (5, 10, 20, 50)
+# What Markdown (and Streamlit's ``:emoji:`` and ``$math$``) would read in a file name or folder.
+MARKDOWN_SPECIAL = frozenset("\\`*_[]<>|~$:")
 DEFAULT_PAGE_SIZE = 20
-COLUMNS = 5
 
 GroupsKey = tuple[float, int, Decisions]
 
@@ -101,16 +104,21 @@ def _turn(step: int, pages: int) -> None:
 
 
 def review_page(engine: SearchEngine, groups: Sequence[DuplicateGroup], positions: range) -> None:
-    """The groups at ``positions``, each with its photos' thumbnails, facts, toggles and decision buttons."""
+    """The groups at ``positions``, each with its contact sheet, its photos' facts, keep toggles and
+    decision buttons. Only these groups' photos are read: their catalog rows, thumbnails and sheets."""
     shown = [groups[position] for position in positions]
+    data_dir = engine.config.data_dir
     records = engine.catalog.photos(member.id for group in shown for member in group.members)
-    images = thumbnails(engine.config.data_dir, records.values(), engine.photo_limits)
+    # Thumbnails made at the tile size, then one sheet per group, in threads (decoding releases the GIL).
+    images = thumbnails(data_dir, records.values(), engine.photo_limits, side=TILE)
+    with ThreadPoolExecutor(max_workers=THUMBNAIL_THREADS, thread_name_prefix="contact-sheet") as pool:
+        sheets = list(pool.map(lambda group: contact_sheet(data_dir, [images.get(m.id) for m in group.members]), shown))
     references = tuple(Path(folder) for folder in engine.config.search.reference_folders)
     if positions:
         st.caption(f"Groups {positions.start + 1:,}-{positions.stop:,} of {len(groups):,}")
     with st.container(key=f"{KEY}-groups"):
-        for position, group in zip(positions, shown, strict=True):
-            _group_card(engine.config, position + 1, group, records, images, references)
+        for position, group, sheet in zip(positions, shown, sheets, strict=True):
+            _group_card(engine.config, position + 1, group, sheet, records, images, references)
 
 
 @st.fragment
@@ -118,91 +126,125 @@ def _group_card(
     config: LoupeConfig,
     number: int,
     group: DuplicateGroup,
+    sheet: Path,
     records: Mapping[int, PhotoRecord],
     images: Mapping[int, Path | None],
     references: tuple[Path, ...],
 ) -> None:
-    # A fragment: a keep toggle reruns only its group, not the page and its other thumbnails.
+    # A fragment: a keep toggle reruns only its group, not the whole page. One sheet, one table, one
+    # widget for the toggles and the decisions in a popover per group, not a set per photo: a page of 20
+    # groups of 10 is then about a hundred elements for the browser to draw, not a couple of thousand.
     why = KEEPER_RULE_WORDS.get(group.keeper_rule, group.keeper_rule)
+    members = group.members
     with st.container(border=True, key=f"{KEY}-group-{number}"):
         st.markdown(
-            f"**Group {number:,}** · {len(group.members)} photos · keeper **{Path(group.original.path).name}** ({why})"
+            f"**Group {number:,}** · {len(members)} photos · keeper **{_plain(Path(group.original.path).name)}** "
+            f"({why})"
         )
-        for start in range(0, len(group.members), COLUMNS):
-            for column, member in zip(st.columns(COLUMNS), group.members[start : start + COLUMNS], strict=False):
-                with column:
-                    _member(config, group, member, records, images.get(member.id), references)
+        st.image(str(sheet), width="content")
+        if len(members) > MOST_TILES:
+            st.caption(f"The sheet shows the first {MOST_TILES} photos; the table lists all {len(members)}.")
+        st.markdown(_details_table(members, records, images))
+        others = {
+            m.id: f"#{position} {Path(m.path).name}" for position, m in enumerate(members, start=1) if position > 1
+        }
+        actable = [i for i, m in zip(others, members[1:], strict=True) if not _in_any(m.path, references)]
+        if actable:
+            _keep_toggles(number, actable, others)
+        else:
+            st.caption("Every photo of this group is kept: the others are in reference folders.")
+        with st.popover("Decisions", icon=":material/rule:"):
+            _decisions(config, number, group, records, others)
 
 
-def _member(
-    config: LoupeConfig,
-    group: DuplicateGroup,
-    member: DuplicateMember,
-    records: Mapping[int, PhotoRecord],
-    image: Path | None,
-    references: tuple[Path, ...],
-) -> None:
-    photo = records.get(member.id)
-    if image is not None:
-        st.image(str(image), width="stretch")
-    else:
-        st.warning("file unreadable", icon=":material/broken_image:")
-    if member.original:
-        kind = "★ keeper"
-    elif member.exact:
-        kind = "exact copy"
-    else:
-        kind = f"similarity {member.score:.3f}"
-    details = metadata_caption(photo) if photo is not None else ""
-    st.caption(
-        f"{kind}  \n**{Path(member.path).name}**  \n{member.width} x {member.height} · "
-        f"{member.size_bytes / 1e6:.2f} MB · {member.path}" + (f"  \n{details}" if details else "")
+def _keep_toggles(number: int, actable: list[int], names: Mapping[int, str]) -> None:
+    """One toggle per photo the action would act on, prefilled by the keeper rules: off (act on it)."""
+    kept: set[int] = st.session_state.setdefault(KEPT, set())
+    toggles = f"{KEY}-keep-{number}"
+    st.pills(
+        "Keep also (every photo not kept is acted on; the keeper and photos in reference folders always are kept)",
+        actable,
+        selection_mode="multi",
+        default=[i for i in actable if i in kept],
+        format_func=names.__getitem__,
+        key=toggles,
+        on_change=_toggled,
+        args=(tuple(actable), toggles),
     )
-    toggle = f"{KEY}-keep-{member.id}"
-    reference = next((folder for folder in references if is_under(member.path, folder)), None)
-    if member.original or reference is not None:
-        why = "the keeper of its group" if member.original else f"in the reference folder {reference}"
-        # Its own key: a toggle's state follows its key, and this photo's own toggle may be off.
-        st.toggle("Keep", value=True, disabled=True, key=f"{KEY}-always-{member.id}", help=f"Always kept: {why}.")
-    else:
-        st.toggle(
-            "Keep",
-            value=member.id in st.session_state.setdefault(KEPT, set()),
-            key=toggle,
-            on_change=_toggled,
-            args=(member.id, toggle),
-            help="Off: the action acts on this photo. On: it is left alone.",
-        )
+
+
+def _decisions(
+    config: LoupeConfig, number: int, group: DuplicateGroup, records: Mapping[int, PhotoRecord], names: dict[int, str]
+) -> None:
+    """ "Keep this one" and "Not a duplicate" for a chosen photo, "Unpin" for a pinned keeper: stored."""
     keeper = records.get(group.original.id)
-    if member.original:
-        if group.keeper_rule == PINNED and st.button("Unpin", key=f"{KEY}-unpin-{member.id}", width="stretch"):
-            _decide(config, "unpin", photo, keeper)
-        return
+    if group.keeper_rule == PINNED and st.button(
+        f"Unpin the keeper {Path(group.original.path).name}", key=f"{KEY}-unpin-{number}", width="stretch"
+    ):
+        _decide(config, "unpin", keeper, keeper)
+    chosen: int = st.selectbox("Photo", list(names), format_func=names.__getitem__, key=f"{KEY}-photo-{number}")
+    member = next(m for m in group.members if m.id == chosen)
     if st.button(
         "Keep this one",
-        key=f"{KEY}-pin-{member.id}",
+        key=f"{KEY}-pin-{number}",
         width="stretch",
-        help="Make this photo its group's keeper, now and in later groupings (duplicates --keep).",
+        help="Make this photo its group's keeper, now and in later groupings (duplicates --keep)",
     ):
-        _decide(config, "pin", photo, keeper)
+        _decide(config, "pin", records.get(chosen), keeper)
     if st.button(
         "Not a duplicate",
-        key=f"{KEY}-dismiss-{member.id}",
+        key=f"{KEY}-dismiss-{number}",
         width="stretch",
         disabled=member.exact,
-        help="Exact copies are always duplicates."
+        help="Exact copies are always duplicates"
         if member.exact
-        else "Never group this photo with the keeper again (duplicates --dismiss).",
+        else "Never group this photo with the keeper again (duplicates --dismiss)",
     ):
-        _decide(config, "dismiss", photo, keeper)
+        _decide(config, "dismiss", records.get(chosen), keeper)
 
 
-def _toggled(photo_id: int, toggle: str) -> None:
+def _in_any(path: str, folders: Sequence[Path]) -> bool:
+    return any(is_under(path, folder) for folder in folders)
+
+
+def _kind(member: DuplicateMember) -> str:
+    if member.original:
+        return "★ keeper"
+    return "exact copy" if member.exact else f"similarity {member.score:.3f}"
+
+
+def _details_table(
+    members: Sequence[DuplicateMember], records: Mapping[int, PhotoRecord], images: Mapping[int, Path | None]
+) -> str:
+    """The group's photos as a Markdown table, in the gallery's order: what tells copies apart."""
+    lines = ["| # | photo | match | pixels | size | header | folder |", "|---|---|---|---|---|---|---|"]
+    for position, member in enumerate(members, start=1):
+        photo = records.get(member.id)
+        header = metadata_caption(photo) if photo is not None else ""
+        if images.get(member.id) is None:
+            header = "file unreadable" + (f" · {header}" if header else "")
+        path = Path(member.path)
+        lines.append(
+            f"| {position} | {_plain(path.name)} | {_kind(member)} | {member.width} x {member.height} | "
+            f"{_size(member.size_bytes)} | {_plain(header)} | {_plain(str(path.parent))} |"
+        )
+    return "\n".join(lines)
+
+
+def _size(size_bytes: int) -> str:
+    return f"{size_bytes / 1e6:.1f} MB" if size_bytes >= 1e6 else f"{size_bytes / 1e3:.0f} kB"
+
+
+def _plain(text: str) -> str:
+    """``text`` shown as it is in Markdown (a file name may hold ``*``, ``_``, ``|``...)."""
+    return "".join(f"\\{char}" if char in MARKDOWN_SPECIAL else char for char in text)
+
+
+def _toggled(choices: tuple[int, ...], toggles: str) -> None:
     kept: set[int] = st.session_state.setdefault(KEPT, set())
-    if st.session_state.get(toggle):
-        kept.add(photo_id)
-    else:
-        kept.discard(photo_id)
+    chosen = set(st.session_state.get(toggles) or ())
+    kept.difference_update(choices)
+    kept.update(chosen)
 
 
 def _decide(config: LoupeConfig, what: str, photo: PhotoRecord | None, keeper: PhotoRecord | None) -> None:
