@@ -143,6 +143,7 @@ def measure_catalog(count: int, threshold: float) -> dict[str, Any]:
         started = time.perf_counter()
         groups = find_duplicate_groups(engine, threshold)
         elapsed = time.perf_counter() - started
+        group_peak = _peak_rss_mib()
         started = time.perf_counter()
         plan = plan_actions(groups, parse_action("trash"), threshold)
         plan_s = time.perf_counter() - started
@@ -164,6 +165,7 @@ def measure_catalog(count: int, threshold: float) -> dict[str, Any]:
         "to_act": len(plan.to_act),
         "plan_s": round(plan_s, 2),
         "group_and_plan_s": round(elapsed + plan_s, 2),
+        "group_peak_rss_mib": round(group_peak, 1),
         "peak_rss_mib": round(peak, 1),  # grouping and planning
     }
 

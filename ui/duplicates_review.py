@@ -2,14 +2,17 @@
 curator's decisions.
 
 The groups of a threshold are computed once per threshold, catalog revision and stored decisions, and
-kept in the session (small objects: 100,000 groups fit); a page shows only its own groups, reading the
-catalog rows and making the thumbnails of those photos alone (:func:`ui.thumbnails.thumbnails`).
+kept in the session (small objects: 100,000 groups take about 100 MB); a page shows only its own groups,
+reading the catalog rows and making the thumbnails and contact sheets of those photos alone
+(:func:`ui.thumbnails.thumbnails`, :mod:`ui.contact_sheets`).
 
-Each photo has a **keep** toggle, prefilled by the keeper rules: on for its group's keeper (always kept),
-off for the others, which the action acts on; a photo toggled on is left alone, by the planner itself
-(``plan_actions(keep_ids=...)``). The toggles are kept in the session by photo id, so they survive
-paging. **Keep this one** and **Not a duplicate** store the same decisions as ``duplicates --keep`` and
-``--dismiss`` (:mod:`indexer.duplicate_decisions`), and the groups are computed again with them.
+Each group shows its photos numbered, the keeper first: a contact sheet, a table of what tells them apart,
+and a **keep** toggle per photo, prefilled by the keeper rules: the keeper (and any photo in a reference
+folder) is always kept, the others are off, so the action acts on them; a photo toggled on is left alone,
+by the planner itself (``plan_actions(keep_ids=...)``). The toggles are kept in the session by photo id,
+so they survive paging. **Keep this one** and **Not a duplicate** store the same decisions as
+``duplicates --keep`` and ``--dismiss`` (:mod:`indexer.duplicate_decisions`), and the groups are computed
+again with them.
 """
 
 from __future__ import annotations
@@ -161,11 +164,12 @@ def _keep_toggles(number: int, actable: list[int], names: Mapping[int, str]) -> 
     """One toggle per photo the action would act on, prefilled by the keeper rules: off (act on it)."""
     kept: set[int] = st.session_state.setdefault(KEPT, set())
     toggles = f"{KEY}-keep-{number}"
+    # The session's set of kept photos is the one truth: group N may hold other photos after a regroup.
+    st.session_state[toggles] = [i for i in actable if i in kept]
     st.pills(
         "Keep also (every photo not kept is acted on; the keeper and photos in reference folders always are kept)",
         actable,
         selection_mode="multi",
-        default=[i for i in actable if i in kept],
         format_func=names.__getitem__,
         key=toggles,
         on_change=_toggled,
