@@ -12,9 +12,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-import ui.thumbnails
-from indexer.catalog import Catalog, PhotoRecord
-from indexer.decode import DecodeLimits
+from indexer.catalog import Catalog
 from indexer.duplicate_decisions import content_pair, load_decisions
 from indexer.lock import exclusive_writer
 from indexer.pipeline import run_build
@@ -30,7 +28,9 @@ from tests.apply_collection import (
     tree_state,
 )
 from tests.conftest import PHOTOS, small_config
+from ui.contact_sheets import sheet_dir
 from ui.state import open_engine
+from ui.thumbnails import thumbnail_dir
 
 APP = str(Path(__file__).resolve().parent.parent / "ui" / "app.py")
 THRESHOLD = 0.999
@@ -113,28 +113,26 @@ def _photo_id(collection: Collection, relative: str) -> int:
     return photo.id
 
 
+def _made(collection: Collection) -> tuple[int, int]:
+    """How many thumbnails and contact sheets the page has made so far (the collection starts with none)."""
+    folder = thumbnail_dir(collection.data)
+    return len(list(folder.glob("*.jpg"))), len(list(sheet_dir(collection.data).glob("*.jpg")))
+
+
 def test_groups_come_a_page_at_a_time(collection: Collection, monkeypatch: pytest.MonkeyPatch) -> None:
-    made: list[int] = []
-    real_thumbnail = ui.thumbnails.thumbnail
-
-    def counting(data_dir: Path, photo: PhotoRecord, limits: DecodeLimits, side: int) -> Path | None:
-        made.append(photo.id)
-        return real_thumbnail(data_dir, photo, limits, side)
-
-    monkeypatch.setattr(ui.thumbnails, "thumbnail", counting)
+    assert _made(collection) == (0, 0)
     app = open_page(collection, monkeypatch, **{"duplicates-per-page": 5})
     assert any("7 groups" in md.value for md in app.markdown)
     first = _group_titles(app)
     assert len(first) == 5 and first[0].startswith("**Group 1**")
     assert any(c.value == "Groups 1-5 of 7" for c in app.caption)
-    assert len(made) == 10 and len(app.image) == 5  # only this page's photos; one contact sheet per group
+    assert _made(collection) == (10, 5) and len(app.image) == 5  # this page's photos only; a sheet per group
 
-    made.clear()
     app.button(key="duplicates-next-top").click().run()
     second = _group_titles(app)
     assert [title.split("·")[0] for title in second] == ["**Group 6** ", "**Group 7** "]
     assert not set(second) & set(first)
-    assert len(made) == 4 and app.number_input(key="duplicates-page").value == 2
+    assert _made(collection) == (14, 7) and app.number_input(key="duplicates-page").value == 2
     # The keeper rule in words, and each photo's format from its header.
     assert all(title.endswith(")") and "keeper" in title for title in second)
     # Groups 6 and 7: the flower and its smaller copy, the lighthouse and its exact copy, each with its

@@ -116,7 +116,9 @@ def _confirm(config: LoupeConfig, plan: Plan) -> None:
             "group": [item.group for item in items],
             "do": [VERBS[plan.action.kind] if item.decision == "act" else item.decision for item in items],
             "photo": [item.path for item in items],
-            "score": ["exact" if item.exact else f"{item.score:.4f}" for item in items],
+            "score": [
+                "" if item.decision == "keep" else "exact" if item.exact else f"{item.score:.4f}" for item in items
+            ],
             "to / why": [item.target or item.reason for item in items],
         },
         hide_index=True,
