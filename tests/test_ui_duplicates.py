@@ -271,3 +271,22 @@ def test_keep_this_one_and_not_a_duplicate_store_decisions_and_regroup(app: AppT
     number = _group_number(app, collection, "copies/rocket-copy.jpg")
     app.selectbox(key=f"duplicates-photo-{number}").set_value(_photo_id(collection, "copies/rocket-copy.jpg")).run()
     assert app.button(key=f"duplicates-dismiss-{number}").disabled
+
+
+def test_an_earlier_apply_is_undone_from_its_journal(
+    app: AppTest, collection: Collection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = tree_state(collection.photos)
+    app.text_input(key="duplicates-apply-folder").input(str(collection.root / "dups")).run()
+    app.button(key="duplicates-apply-review").click().run()
+    app.button(key="duplicates-apply-confirm").click().run()
+    assert tree_state(collection.photos) != before
+
+    later = open_page(collection, monkeypatch)  # another browser session: its outcome and Undo are gone
+    assert not [b for b in later.button if b.key == "duplicates-apply-undo"]
+    (journal,) = later.selectbox(key="duplicates-apply-journal").options
+    assert journal.startswith("apply-") and journal.endswith(".jsonl")
+    later.button(key="duplicates-apply-undo-earlier").click().run()
+    assert not later.exception
+    assert any("7 undone" in s.value for s in later.success)
+    assert tree_state(collection.photos) == before
