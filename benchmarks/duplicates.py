@@ -5,7 +5,9 @@ near-duplicates: 8% of the rows are noisy copies of an earlier row (cosine about
 them copies of a copy (chains), and 1% are exact copies (same vector, same content hash).
 
 - ``catalog`` mode (default) commits the rows to a real SQLite catalog, builds the index the indexer
-  chooses, and times ``find_duplicate_groups`` end to end (kNN over the index, pairs, star grouping, scores).
+  chooses, and times ``find_duplicate_groups`` end to end (kNN over the index, pairs, star grouping, scores),
+  then the plan of acting on every group (``plan_actions`` with ``trash``, what ``duplicates --apply trash``
+  prints before ``--yes``): grouping plus planning, and the peak RSS of both.
 - ``--arrays`` feeds the grouping core (``search.star_groups``) the planted families' pairs from arrays,
   without a catalog or a kNN pass: the part whose cost must stay linear at 1 M photos.
 
@@ -31,6 +33,7 @@ import numpy.typing as npt
 
 from benchmarks.scale import clustered
 from benchmarks.synthetic_catalog import fill_catalog, synthetic_config
+from search.apply_plan import parse_action, plan_actions
 from search.duplicates import find_duplicate_groups
 from search.engine import SearchEngine
 from search.star_groups import groups_of, star_groups
@@ -140,6 +143,10 @@ def measure_catalog(count: int, threshold: float) -> dict[str, Any]:
         started = time.perf_counter()
         groups = find_duplicate_groups(engine, threshold)
         elapsed = time.perf_counter() - started
+        group_peak = _peak_rss_mib()
+        started = time.perf_counter()
+        plan = plan_actions(groups, parse_action("trash"), threshold)
+        plan_s = time.perf_counter() - started
         peak = _peak_rss_mib()
         lowest = min((m.score for g in groups for m in g.members[1:] if not m.exact), default=1.0)
         engine.close()
@@ -154,7 +161,12 @@ def measure_catalog(count: int, threshold: float) -> dict[str, Any]:
         "largest": max((len(g.members) for g in groups), default=0),
         "lowest_member_score": round(lowest, 4),
         "group_s": round(elapsed, 2),
-        "peak_rss_mib": round(peak, 1),
+        "planned": len(plan.items),
+        "to_act": len(plan.to_act),
+        "plan_s": round(plan_s, 2),
+        "group_and_plan_s": round(elapsed + plan_s, 2),
+        "group_peak_rss_mib": round(group_peak, 1),
+        "peak_rss_mib": round(peak, 1),  # grouping and planning
     }
 
 

@@ -10,7 +10,7 @@ it changes nothing. The dry run prints it; :func:`search.apply.apply_plan` carri
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -24,6 +24,7 @@ ActionKind = Literal["move", "trash", "hardlink", "symlink"]
 Decision = Literal["keep", "act", "skip"]
 KINDS: tuple[ActionKind, ...] = ("move", "trash", "hardlink", "symlink")
 ACTION_SYNTAX = "move:DIR, trash, hardlink or symlink"
+KEPT_BY_CURATOR = "marked to keep in the review"
 
 
 class ActionSpecError(LoupeError):
@@ -115,18 +116,21 @@ def plan_actions(
     threshold: float,
     reference_dirs: Iterable[Path] = (),
     *,
+    keep_ids: Collection[int] = frozenset(),
     exists: Callable[[str], bool] = os.path.lexists,
 ) -> Plan:
     """The plan of ``action`` on ``groups``: act on each non-keeper scoring at least ``threshold``
-    against its keeper (or with the keeper's very bytes), never on a file in a reference folder; a move
-    goes to ``DIR/NAME``, or, when that name is taken, ``DIR/`` plus the file's path below the folder
-    that holds every photo of the groups, never onto an existing file. ``exists`` is how names are checked."""
+    against its keeper (or with the keeper's very bytes), never on a file in a reference folder nor on one
+    the curator chose to keep (``keep_ids``: catalog ids, the UI's keep toggles); a move goes to
+    ``DIR/NAME``, or, when that name is taken, ``DIR/`` plus the file's path below the folder that holds
+    every photo of the groups, never onto an existing file. ``exists`` is how names are checked."""
     references = tuple(Path(os.path.abspath(folder)) for folder in reference_dirs)
+    kept = frozenset(int(i) for i in keep_ids)
     items: list[PlanItem] = []
     for number, group in enumerate(groups, start=1):
         keeper = group.original
         for member in group.members:
-            decision, reason = _decide(member, keeper.path, action, threshold, references)
+            decision, reason = _decide(member, keeper.path, action, threshold, references, kept)
             items.append(
                 PlanItem(
                     group=number,
@@ -148,11 +152,18 @@ def plan_actions(
 
 
 def _decide(
-    member: DuplicateMember, keeper: str, action: ActionSpec, threshold: float, references: tuple[Path, ...]
+    member: DuplicateMember,
+    keeper: str,
+    action: ActionSpec,
+    threshold: float,
+    references: tuple[Path, ...],
+    kept: frozenset[int],
 ) -> tuple[Decision, str]:
     """Keep the keeper; act on another member unless a reason says to leave it alone."""
     if member.original:
         return "keep", "keeper"
+    if member.id in kept:
+        return "skip", KEPT_BY_CURATOR
     folder = next((folder for folder in references if is_under(member.path, folder)), None)
     if folder is not None:
         return "skip", f"in the reference folder {folder}"

@@ -118,6 +118,24 @@ def positions_of(ordered_ids: Ids, ids: Ids) -> Ids:
     return np.where(present, order[found] if len(sorted_ids) else -1, -1).astype(np.int64)
 
 
+def best_copies(ordered_ids: Ids, copies: Sequence[Ids]) -> Ids:
+    """For each position in ``ordered_ids``, the position of the best-placed photo with the same bytes
+    (``copies``: the ids of each content held by several photos; absent ids are ignored), or its own.
+    One pass over all the copies at once: a call per content would sort ``ordered_ids`` each time, which
+    at 10,000 contents held twice among 200,000 photos took minutes."""
+    content = np.arange(len(ordered_ids), dtype=np.int64)
+    if not copies:
+        return content
+    label = np.repeat(np.arange(len(copies), dtype=np.int64), [len(ids) for ids in copies])
+    where = positions_of(ordered_ids, np.concatenate(copies))
+    found = where >= 0
+    where, label = where[found], label[found]
+    best = np.full(len(copies), len(ordered_ids), dtype=np.int64)
+    np.minimum.at(best, label, where)
+    content[where] = best[label]
+    return content
+
+
 def dismissed_mask(photos: Sequence[PhotoRecord], a: Ids, b: Ids, dismissed: frozenset[Pair]) -> npt.NDArray[np.bool_]:
     """Which of the position pairs ``a[i]``-``b[i]`` (into ``photos``; -1: absent) join two contents the
     curator dismissed. One pass over the photos, then whole-array work over the pairs."""
@@ -178,12 +196,7 @@ def find_duplicate_groups(
 
     a, b = positions_of(ordered_ids, first), positions_of(ordered_ids, second)
     present = (a >= 0) & (b >= 0) & ~dismissed_mask(photos, a, b, decisions.dismissed)
-    content = np.arange(len(photos), dtype=np.int64)
-    for same_bytes in copies:
-        where = positions_of(ordered_ids, same_bytes)
-        where = where[where >= 0]
-        if where.size > 1:
-            content[where] = where.min()
+    content = best_copies(ordered_ids, copies)
     owner = star_groups(len(photos), a[present], b[present], content)
     logger.info("%d similar pairs at >= %s among %d photos", int(present.sum()), threshold, len(photos))
 

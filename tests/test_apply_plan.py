@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from search.apply_plan import ActionSpec, ActionSpecError, parse_action, plan_actions
+from search.apply_plan import KEPT_BY_CURATOR, ActionSpec, ActionSpecError, parse_action, plan_actions
 from search.cli import main as search_main
 from search.duplicates import DuplicateGroup, DuplicateMember
 from search.journal import (
@@ -101,6 +101,26 @@ def test_move_destinations_never_clash(tmp_path: Path) -> None:
         [group(photos / "k.jpg", (5, dups / "same.jpg", 1.0, True))], parse_action(f"move:{dups}"), 0.9
     )
     assert [(item.decision, item.reason) for item in inside.items[1:]] == [("skip", "already in the move folder")]
+
+
+def test_members_the_curator_keeps_are_left_alone(tmp_path: Path) -> None:
+    """The UI's keep toggles feed the planner: a member toggled to keep is never acted on, not even an
+    exact copy, and a move claims no destination for it (so another photo may take its name)."""
+    photos, dups = tmp_path / "photos", tmp_path / "dups"
+    groups = [
+        group(photos / "k.jpg", (1, photos / "a" / "x.jpg", 1.0, True), (2, photos / "b" / "x.jpg", 0.999, False)),
+        group(photos / "m.jpg", (3, photos / "c.jpg", 0.999, False)),
+    ]
+    plan = plan_actions(groups, parse_action(f"move:{dups}"), 0.99, keep_ids={1, 3})
+    by_id = {item.image_id: item for item in plan.items}
+    assert [(by_id[i].decision, by_id[i].reason, by_id[i].target) for i in (1, 3)] == [
+        ("skip", KEPT_BY_CURATOR, None),
+        ("skip", KEPT_BY_CURATOR, None),
+    ]
+    assert [(item.image_id, item.target) for item in plan.to_act] == [(2, str(dups / "x.jpg"))]
+    assert plan.to_dict()["left_alone"] == 2
+    # Keeping a keeper changes nothing: the keeper is kept anyway.
+    assert plan_actions(groups, parse_action("trash"), 0.99, keep_ids={100}).to_dict()["to_act"] == 3
 
 
 def test_links_already_made_are_left_alone(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from search.duplicates import positions_of, similar_pairs
+from search.duplicates import best_copies, positions_of, similar_pairs
 from search.star_groups import groups_of, star_groups
 
 THRESHOLD = 0.95
@@ -114,3 +114,11 @@ def test_positions_of() -> None:
     ordered = np.array([30, 10, 20], dtype=np.int64)
     assert positions_of(ordered, np.array([10, 20, 30, 40], dtype=np.int64)).tolist() == [1, 2, 0, -1]
     assert positions_of(np.empty(0, dtype=np.int64), np.array([1], dtype=np.int64)).tolist() == [-1]
+
+
+def test_best_copies_points_each_photo_at_its_best_placed_copy() -> None:
+    ordered = np.array([5, 3, 9, 7, 1, 8], dtype=np.int64)
+    copies = [np.array(ids, dtype=np.int64) for ids in ([9, 3], [7, 42], [8, 1, 5])]
+    # 9 and 3: the copy at position 1; 7's copy 42 is not among the photos; 8, 1 and 5: the one at position 0.
+    assert best_copies(ordered, copies).tolist() == [0, 1, 1, 3, 0, 0]
+    assert best_copies(ordered, []).tolist() == [0, 1, 2, 3, 4, 5]

@@ -32,5 +32,8 @@ def test_search_benchmark_reports_recall_and_speed() -> None:
 def test_duplicates_benchmark_keeps_the_promise() -> None:
     (catalog,) = _run("benchmarks.duplicates", "3000")
     assert catalog["groups"] > 50 and catalog["lowest_member_score"] >= 0.95
+    # The plan of trashing every non-keeper: one item per grouped photo, every non-keeper acted on.
+    assert catalog["planned"] == catalog["grouped"] and catalog["to_act"] == catalog["grouped"] - catalog["groups"]
+    assert catalog["group_and_plan_s"] >= catalog["group_s"]
     (arrays,) = _run("benchmarks.duplicates", "20000", "--arrays")
     assert arrays["pairs"] > 1000 and arrays["grouped"] > arrays["groups"] * 2 - 1

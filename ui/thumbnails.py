@@ -14,6 +14,8 @@ import hashlib
 import logging
 import os
 import uuid
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +29,21 @@ from indexer.errors import DecodeError
 logger = logging.getLogger(__name__)
 
 THUMBNAIL_SIDE = 256
+# Threads making a page's missing thumbnails: Pillow releases the GIL while it decodes and resizes, so a
+# few threads keep every core busy while others wait on the disk.
+THUMBNAIL_THREADS = 4
 Box = tuple[int, int, int, int]
 
 
 def thumbnail_dir(data_dir: Path) -> Path:
     return data_dir / "thumbnails"
+
+
+def thumbnail_path(data_dir: Path, photo: PhotoRecord, side: int = THUMBNAIL_SIDE) -> Path:
+    """Where the thumbnail of ``photo`` is cached: named by id and content, so a changed photo gets a new
+    one (and by its size, when it is not the usual one)."""
+    size = "" if side == THUMBNAIL_SIDE else f"-{side}"
+    return thumbnail_dir(data_dir) / f"{photo.id}-{photo.sha256[:12]}{size}.jpg"
 
 
 def read_indexed(photo: PhotoRecord, limits: DecodeLimits, min_side: int) -> DecodedImage | None:
@@ -47,22 +59,49 @@ def read_indexed(photo: PhotoRecord, limits: DecodeLimits, min_side: int) -> Dec
         return None
 
 
-def thumbnail(data_dir: Path, photo: PhotoRecord, limits: DecodeLimits) -> Path | None:
-    """The cached thumbnail of an indexed photo (made on first use); None if the file is gone, broken or no
-    longer the indexed content."""
-    target = thumbnail_dir(data_dir) / f"{photo.id}-{photo.sha256[:12]}.jpg"
+def thumbnail(data_dir: Path, photo: PhotoRecord, limits: DecodeLimits, side: int = THUMBNAIL_SIDE) -> Path | None:
+    """The cached thumbnail of an indexed photo, at most ``side`` pixels (made on first use); None if the
+    file is gone, broken or no longer the indexed content."""
+    target = thumbnail_path(data_dir, photo, side)
     if target.exists():
         return target
-    decoded = read_indexed(photo, limits, THUMBNAIL_SIDE)
+    decoded = read_indexed(photo, limits, side)
     if decoded is None:
         return None
     image = decoded.image
-    image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS)
+    image.thumbnail((side, side), Image.Resampling.LANCZOS)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
     image.save(temporary, format="JPEG", quality=85)
     os.replace(temporary, target)
     return target
+
+
+def thumbnails(
+    data_dir: Path,
+    photos: Iterable[PhotoRecord],
+    limits: DecodeLimits,
+    side: int = THUMBNAIL_SIDE,
+    threads: int = THUMBNAIL_THREADS,
+) -> dict[int, Path | None]:
+    """The cached thumbnail of each of ``photos`` by id (None as for :func:`thumbnail`); the missing ones
+    are made now, in ``threads`` threads. For a page of results: only the photos shown are ever read."""
+    wanted = {photo.id: photo for photo in photos}
+    made: dict[int, Path | None] = {}
+    missing: list[PhotoRecord] = []
+    for photo in wanted.values():
+        cached = thumbnail_path(data_dir, photo, side)
+        if cached.exists():
+            made[photo.id] = cached
+        else:
+            missing.append(photo)
+    if len(missing) > 1 and threads > 1:
+        with ThreadPoolExecutor(max_workers=min(threads, len(missing)), thread_name_prefix="thumbnail") as pool:
+            found = pool.map(lambda photo: thumbnail(data_dir, photo, limits, side), missing)
+            made.update(zip((photo.id for photo in missing), found, strict=True))
+    else:
+        made.update((photo.id, thumbnail(data_dir, photo, limits, side)) for photo in missing)
+    return made
 
 
 def full_image(photo: PhotoRecord, limits: DecodeLimits, longest_side: int = 1600) -> Image.Image | None:

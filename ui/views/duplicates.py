@@ -1,24 +1,27 @@
-"""Duplicates review: groups of near-identical photos, the suggested original first (with the keeper rule
-that chose it), as CSV too."""
+"""Duplicates: groups of near-identical photos at a threshold (the calibrated one by default), a page at a
+time, the keeper first with the rule that chose it; keep toggles and decisions per photo
+(:mod:`ui.duplicates_review`); acting on the rest, with a dry-run plan, a confirmation and an undo
+(:mod:`ui.duplicates_apply`); every group as CSV."""
 
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import streamlit as st
 
 from indexer.calibration_store import describe_threshold
-from indexer.duplicate_decisions import load_decisions
 from search.cli import write_duplicates_csv
-from search.duplicates import DuplicateGroup, find_duplicate_groups
-from search.keeper import KEEPER_RULE_WORDS
-from ui.components import metadata_caption
+from search.duplicates import DuplicateGroup
+from ui.duplicates_apply import apply_panel
+from ui.duplicates_review import KEY, current_groups, kept_ids, pager, review_page, show_notice
 from ui.state import require_engine
-from ui.thumbnails import thumbnail
 
-KEY = "duplicates"
-GROUPS_SHOWN = 50
+
+def groups_csv(groups: list[DuplicateGroup]) -> str:
+    buffer = io.StringIO()
+    write_duplicates_csv(groups, buffer)
+    return buffer.getvalue()
+
 
 engine = require_engine()
 st.header("Near-duplicates")
@@ -33,47 +36,22 @@ threshold = st.slider(
     format="%.3f",
     key=f"{KEY}-threshold",
 )
-decisions = load_decisions(engine.catalog)  # a --keep or --dismiss since the last run regroups
-cache_key = (threshold, engine.catalog.revision(), decisions)
-if st.session_state.get(f"{KEY}-key") != cache_key:
-    with st.spinner("Grouping..."):
-        st.session_state[f"{KEY}-groups"] = find_duplicate_groups(engine, threshold, decisions=decisions)
-        st.session_state[f"{KEY}-key"] = cache_key
-groups: list[DuplicateGroup] = st.session_state[f"{KEY}-groups"]
-
+show_notice()
+groups, groups_key = current_groups(engine, threshold)
 photos = sum(len(group.members) for group in groups)
 st.write(
-    f"**{len(groups)} groups** ({photos} photos): every photo in a group scores ≥ {threshold:.3f} "
-    "against its original (★), or is an exact copy of it"
+    f"**{len(groups):,} groups** ({photos:,} photos): every photo in a group scores ≥ {threshold:.3f} "
+    "against its keeper (★), or is an exact copy of it"
 )
-buffer = io.StringIO()
-write_duplicates_csv(groups, buffer)
-st.download_button("Download the groups as CSV", buffer.getvalue(), file_name="duplicates.csv", mime="text/csv")
-
-member_ids = [m.id for group in groups[:GROUPS_SHOWN] for m in group.members]
-records = engine.catalog.photos(member_ids)
-for number, group in enumerate(groups[:GROUPS_SHOWN], start=1):
-    why = KEEPER_RULE_WORDS.get(group.keeper_rule, group.keeper_rule)
-    with st.expander(
-        f"Group {number}: {len(group.members)} photos — {Path(group.original.path).name} ({why})", expanded=number <= 3
-    ):
-        columns = st.columns(min(5, len(group.members)))
-        for position, member in enumerate(group.members):
-            with columns[position % len(columns)]:
-                photo = records.get(member.id)
-                cached = thumbnail(engine.config.data_dir, photo, engine.photo_limits) if photo is not None else None
-                if cached is not None:
-                    st.image(str(cached), width="stretch")
-                if member.original:
-                    kind = "★ suggested original"
-                elif member.exact:
-                    kind = "exact copy"
-                else:
-                    kind = f"similarity {member.score:.3f}"
-                details = metadata_caption(photo) if photo is not None else ""
-                st.caption(
-                    f"{kind}  \n**{Path(member.path).name}**  \n{member.width} x {member.height} · {member.path}"
-                    + (f"  \n{details}" if details else "")
-                )
-if len(groups) > GROUPS_SHOWN:
-    st.caption(f"Showing the {GROUPS_SHOWN} largest groups; the CSV has all {len(groups)}.")
+# Made when clicked (Streamlit calls ``data`` then), not on every rerun: 100,000 groups make a large CSV.
+st.download_button(
+    "Download the groups as CSV",
+    data=lambda: groups_csv(groups),
+    file_name="duplicates.csv",
+    mime="text/csv",
+    key=f"{KEY}-csv",
+)
+apply_panel(engine.config, groups, threshold, groups_key, kept_ids())
+if groups:
+    review_page(engine, groups, pager(len(groups)))
+    pager(len(groups), bottom=True)
