@@ -34,7 +34,7 @@ from indexer.errors import CatalogError
 from indexer.grid_codes import grid_codes, rotate, rotated_cells
 from indexer.vector_source import decode_cell_ids
 from search.engine import QueryError, SearchEngine
-from search.region_batch import rank_candidates, rerank
+from search.region_batch import Reranked, rank_candidates, rerank
 
 logger = logging.getLogger(__name__)
 
@@ -283,10 +283,14 @@ def match_region(
     box: Box | None,
     k: int,
     timings: dict[str, float] | None = None,
+    *,
+    one_by_one: bool = False,
 ) -> RegionResults:
     """Region search from an encoded query's patch grid (``[g, g, dim]``, the query ``width x height``
     pixels): candidates from the patch index, re-ranked from their stored grids in one batch
-    (:mod:`search.region_batch`). ``timings``, when given, receives each stage's seconds."""
+    (:mod:`search.region_batch`). ``timings``, when given, receives each stage's seconds.
+    ``one_by_one``: the per-candidate path the batches replaced (the reference the benchmark's "before"
+    figure and the tests compare against; slower, same results to float tolerance)."""
     clock = time.perf_counter()
 
     def lap(stage: str) -> None:
@@ -306,7 +310,10 @@ def match_region(
     scores, vector_ids = patch_index.search(cells, neighbours)
     lap("patch index search")
     photo_ids, _ = decode_cell_ids(np.where(vector_ids >= 0, vector_ids, 0))
-    ranked = rank_candidates(scores, photo_ids, vector_ids >= 0, settings.candidates)
+    if one_by_one:
+        ranked = _rank_candidates_loop(scores, photo_ids, vector_ids >= 0, settings.candidates)
+    else:
+        ranked = rank_candidates(scores, photo_ids, vector_ids >= 0, settings.candidates)
     lap("candidate ranking")
 
     photos = catalog.photos(ranked)
@@ -321,7 +328,7 @@ def match_region(
     # Compared in the grid codes' rotated space: one rotation of the query instead of one per photo cell.
     query_cells = rotate(cells).reshape(block.rows, block.cols, dim)
     coverage = cell_coverage(box, block, query_w, query_h)
-    reranked = rerank(
+    reranked = (_rerank_one_by_one if one_by_one else rerank)(
         query_cells,
         coverage,
         stored,
@@ -358,3 +365,42 @@ def match_region(
             for rank, (score, photo_id, photo_box, heatmap) in enumerate(matches[:k], start=1)
         ],
     )
+
+
+def _rank_candidates_loop(
+    scores: Grid, vector_photos: npt.NDArray[np.int64], valid: npt.NDArray[np.bool_], limit: int
+) -> list[int]:
+    """:func:`search.region_batch.rank_candidates` hit by hit (the reference path)."""
+    evidence: dict[int, Grid] = {}
+    for cell, (row_photos, row_scores, row_valid) in enumerate(zip(vector_photos, scores, valid, strict=True)):
+        for photo_id, score, real in zip(row_photos.tolist(), row_scores.tolist(), row_valid.tolist(), strict=True):
+            if not real:
+                continue
+            best = evidence.setdefault(photo_id, np.zeros(len(scores), dtype=np.float32))
+            best[cell] = max(best[cell], score)
+    return sorted(evidence, key=lambda photo_id: -float(evidence[photo_id].sum()))[:limit]
+
+
+def _rerank_one_by_one(
+    query_cells: Grid,
+    weights: Grid,
+    stored: list[StoredGrid],
+    photo_ids: list[int],
+    scale_rows: npt.NDArray[np.float64],
+    scale_cols: npt.NDArray[np.float64],
+    dim: int,
+    scales: tuple[float, ...],
+) -> list[Reranked]:
+    """:func:`search.region_batch.rerank` candidate by candidate (the reference path)."""
+    found = []
+    for number, (photo_id, stored_grid) in enumerate(zip(photo_ids, stored, strict=True)):
+        photo_grid = stored_cells(stored_grid, dim)
+        similarity = np.einsum("ijd,uvd->ijuv", query_cells, photo_grid)
+        placement = best_placement(
+            similarity, float(scale_rows[number]), float(scale_cols[number]), weights=weights, scales=scales
+        )
+        heatmap = similarity.reshape(-1, stored_grid.grid, stored_grid.grid).max(axis=0)
+        found.append(
+            Reranked(photo_id, placement.score, placement.top, placement.left, placement.rows, placement.cols, heatmap)
+        )
+    return found

@@ -164,7 +164,7 @@ def rerank(
     sizes = np.array([grid.grid for grid in stored], dtype=int)
     for grid in np.unique(sizes).tolist():
         members = np.flatnonzero(sizes == grid)
-        cells = decode_stored([stored[i] for i in members], dim)  # [n, g * g, dim]
+        cells = decode_stored([stored[i] for i in members.tolist()], dim)  # [n, g * g, dim]
         # One matrix product for every candidate cell against every query cell.
         similarity = (cells.reshape(-1, dim) @ query.T).reshape(len(members), grid * grid, rows * cols)
         similarity = np.ascontiguousarray(similarity.transpose(0, 2, 1)).reshape(len(members), rows, cols, grid, grid)

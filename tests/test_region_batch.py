@@ -41,7 +41,9 @@ def test_rank_candidates_matches_the_loop() -> None:
         assert rank_candidates(scores, np.where(photos >= 0, photos, 0), photos >= 0, 15) == expected
 
 
-@pytest.mark.parametrize(("top", "left", "bottom", "right"), [(2, 3, 5, 6), (0, 0, GRID, GRID), (4, 4, 5, 5), (1, 0, 3, 7)])
+@pytest.mark.parametrize(
+    ("top", "left", "bottom", "right"), [(2, 3, 5, 6), (0, 0, GRID, GRID), (4, 4, 5, 5), (1, 0, 3, 7)]
+)
 def test_rerank_matches_best_placement_per_candidate(top: int, left: int, bottom: int, right: int) -> None:
     rng = np.random.default_rng(top * 100 + right)
     query_grid = _unit(rng.normal(size=(GRID, GRID, DIM)))
