@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import numpy.typing as npt
 
 from indexer.catalog import StoredGrid
 from indexer.errors import CatalogError
-from indexer.grid_codes import grid_codes, rotated_cells
+from indexer.grid_codes import _BYTE_VALUES, COSINE_FLOOR, COSINE_STEPS, TRITS_PER_BYTE, grid_codes
 
 logger = logging.getLogger(__name__)
 
@@ -75,15 +76,35 @@ def rank_candidates(scores: Grid, vector_photos: Ids, valid: npt.NDArray[np.bool
     return [int(photo) for photo in unique_photos[order]]
 
 
-def decode_stored(stored: Sequence[StoredGrid], dim: int) -> Grid:
-    """Stored grids (all of one size) decoded into the codes' rotated space: ``[n, g * g, dim]``."""
+# Each code byte's five trits as int8 in the low bytes of one int64: one gather per byte instead of five.
+_PACKED_TRITS = np.zeros((3**TRITS_PER_BYTE, 8), dtype=np.int8)
+_PACKED_TRITS[:, :TRITS_PER_BYTE] = _BYTE_VALUES.astype(np.int8)
+_PACKED_TRITS_64 = _PACKED_TRITS.view(np.int64).ravel()
+_NONZERO_TRITS = np.count_nonzero(_BYTE_VALUES, axis=1).astype(np.int32)
+
+
+def code_similarities(stored: Sequence[StoredGrid], query: Grid) -> Grid:
+    """Inner products of every cell of the stored grids (all of one size) with each rotated query cell
+    (``[q, dim]``): ``[n, g * g, q]``, equal to those of :func:`indexer.grid_codes.rotated_cells`.
+
+    The trits go through the matrix product as they are; each cell's scale (1 / (trit norm * cosine))
+    is applied to its few products afterwards instead of to its ``dim`` values."""
+    dim = query.shape[1]
     try:
         codes = np.concatenate([grid_codes(grid.data, grid.grid, dim) for grid in stored])
     except ValueError as error:
         raise CatalogError(str(error)) from error
-    return rotated_cells(codes, dim).reshape(len(stored), -1, dim)
+    packed = _PACKED_TRITS_64[codes[:, 1:]]  # [cells, bytes] int64
+    trits = packed.view(np.int8).reshape(len(codes), -1, 8)[:, :, :TRITS_PER_BYTE].reshape(len(codes), -1)
+    values = trits[:, :dim].astype(np.float32)
+    norms = np.sqrt(_NONZERO_TRITS[codes[:, 1:]].sum(axis=1, dtype=np.int32).astype(np.float32))
+    cosines = COSINE_FLOOR + codes[:, 0].astype(np.float32) / COSINE_STEPS
+    scale = 1.0 / (np.maximum(norms, np.float32(1e-12)) * cosines)
+    products = (values @ query.T) * scale[:, None]
+    return products.reshape(len(stored), -1, query.shape[0])
 
 
+@functools.lru_cache(maxsize=4096)
 def _window(rows: int, cols: int, height: int, width: int, grid: int) -> tuple[Ids, Ids]:
     """Photo-cell rows and columns each query cell lands on, for every placement of a ``height x width``
     window: ``[cells, positions down, 1]`` and ``[cells, 1, positions across]``."""
@@ -164,9 +185,8 @@ def rerank(
     sizes = np.array([grid.grid for grid in stored], dtype=int)
     for grid in np.unique(sizes).tolist():
         members = np.flatnonzero(sizes == grid)
-        cells = decode_stored([stored[i] for i in members.tolist()], dim)  # [n, g * g, dim]
         # One matrix product for every candidate cell against every query cell.
-        similarity = (cells.reshape(-1, dim) @ query.T).reshape(len(members), grid * grid, rows * cols)
+        similarity = code_similarities([stored[i] for i in members.tolist()], query)  # [n, g * g, q]
         similarity = np.ascontiguousarray(similarity.transpose(0, 2, 1)).reshape(len(members), rows, cols, grid, grid)
         placed = best_placements(similarity, scale_rows[members], scale_cols[members], weights, scales)
         heatmaps = similarity.reshape(len(members), rows * cols, grid, grid).max(axis=1)
