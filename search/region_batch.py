@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from indexer.catalog import StoredGrid
 from indexer.errors import CatalogError
-from indexer.grid_codes import _BYTE_VALUES, COSINE_FLOOR, COSINE_STEPS, TRITS_PER_BYTE, grid_codes
+from indexer.grid_codes import BYTE_TRITS, COSINE_FLOOR, COSINE_STEPS, TRITS_PER_BYTE, grid_codes
 
 logger = logging.getLogger(__name__)
 
@@ -78,9 +78,9 @@ def rank_candidates(scores: Grid, vector_photos: Ids, valid: npt.NDArray[np.bool
 
 # Each code byte's five trits as int8 in the low bytes of one int64: one gather per byte instead of five.
 _PACKED_TRITS = np.zeros((3**TRITS_PER_BYTE, 8), dtype=np.int8)
-_PACKED_TRITS[:, :TRITS_PER_BYTE] = _BYTE_VALUES.astype(np.int8)
+_PACKED_TRITS[:, :TRITS_PER_BYTE] = BYTE_TRITS.astype(np.int8)
 _PACKED_TRITS_64 = _PACKED_TRITS.view(np.int64).ravel()
-_NONZERO_TRITS = np.count_nonzero(_BYTE_VALUES, axis=1).astype(np.int32)
+_NONZERO_TRITS = np.count_nonzero(BYTE_TRITS, axis=1).astype(np.int32)
 
 
 def code_similarities(stored: Sequence[StoredGrid], query: Grid) -> Grid:
