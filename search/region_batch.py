@@ -85,7 +85,7 @@ _NONZERO_TRITS = np.count_nonzero(BYTE_TRITS, axis=1).astype(np.int32)
 
 def code_similarities(stored: Sequence[StoredGrid], query: Grid) -> Grid:
     """Inner products of every cell of the stored grids (all of one size) with each rotated query cell
-    (``[q, dim]``): ``[n, g * g, q]``, equal to those of :func:`indexer.grid_codes.rotated_cells`.
+    (``[q, dim]``): ``[n, q, g * g]``, equal to those of :func:`indexer.grid_codes.rotated_cells`.
 
     The trits go through the matrix product as they are; each cell's scale (1 / (trit norm * cosine))
     is applied to its few products afterwards instead of to its ``dim`` values."""
@@ -100,20 +100,24 @@ def code_similarities(stored: Sequence[StoredGrid], query: Grid) -> Grid:
     norms = np.sqrt(_NONZERO_TRITS[codes[:, 1:]].sum(axis=1, dtype=np.int32).astype(np.float32))
     cosines = COSINE_FLOOR + codes[:, 0].astype(np.float32) / COSINE_STEPS
     scale = 1.0 / (np.maximum(norms, np.float32(1e-12)) * cosines)
+    # One matrix product for all cells; then [n, q, g * g], the layout the placement search gathers from.
     products = (values @ query.T) * scale[:, None]
-    return products.reshape(len(stored), -1, query.shape[0])
+    return np.ascontiguousarray(products.reshape(len(stored), -1, query.shape[0]).transpose(0, 2, 1))
 
 
 @functools.lru_cache(maxsize=4096)
-def _window(rows: int, cols: int, height: int, width: int, grid: int) -> tuple[Ids, Ids]:
-    """Photo-cell rows and columns each query cell lands on, for every placement of a ``height x width``
-    window: ``[cells, positions down, 1]`` and ``[cells, 1, positions across]``."""
+def _positions(rows: int, cols: int, height: int, width: int, grid: int) -> Ids:
+    """Where each query cell lands in a photo's flattened ``[cells, g, g]`` similarities, for every
+    placement of a ``height x width`` window: ``[cells, positions down * positions across]``."""
     query_rows, query_cols = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
     offset_rows = ((query_rows.ravel() + 0.5) * height / rows).astype(int)
     offset_cols = ((query_cols.ravel() + 0.5) * width / cols).astype(int)
-    window_rows = offset_rows[:, None] + np.arange(grid - height + 1)[None, :]
-    window_cols = offset_cols[:, None] + np.arange(grid - width + 1)[None, :]
-    return window_rows[:, :, None], window_cols[:, None, :]
+    window_rows = offset_rows[:, None, None] + np.arange(grid - height + 1)[None, :, None]
+    window_cols = offset_cols[:, None, None] + np.arange(grid - width + 1)[None, None, :]
+    cell = np.arange(rows * cols)[:, None, None]
+    positions = ((cell * grid + window_rows) * grid + window_cols).reshape(rows * cols, -1)
+    positions.setflags(write=False)
+    return positions
 
 
 def best_placements(
@@ -128,28 +132,27 @@ def best_placements(
     ``similarity`` is ``[n, rows, cols, g, g]``; ``scale_rows``/``scale_cols`` are each candidate's aspect
     correction. Candidates whose window has the same size at a scale are scored in one gather."""
     count, rows, cols, grid, _ = similarity.shape
-    flat = similarity.reshape(count, rows * cols, grid, grid)
+    flat = similarity.reshape(count, -1)
     cell_weights = weights.ravel().astype(np.float32)
-    cell_weights = (cell_weights / cell_weights.sum())[None, :, None, None]
-    cell_index = np.arange(rows * cols)[None, :, None, None]
+    cell_weights = (cell_weights / cell_weights.sum())[None, :, None]
     # [n, scales]: the window each candidate tries at each scale, and its best score and position there.
     heights = np.clip(np.round(rows * np.outer(scale_rows, scales)), 1, grid).astype(int)
     widths = np.clip(np.round(cols * np.outer(scale_cols, scales)), 1, grid).astype(int)
     best_scores = np.full(heights.shape, -np.inf, dtype=np.float64)
     best_tops = np.zeros(heights.shape, dtype=int)
     best_lefts = np.zeros(heights.shape, dtype=int)
-    sizes = np.stack((heights, widths), axis=-1).reshape(-1, 2)
-    for height, width in np.unique(sizes, axis=0).tolist():
-        candidates, scale_steps = np.nonzero((heights == height) & (widths == width))
-        group = np.unique(candidates)
-        window_rows, window_cols = _window(rows, cols, height, width, grid)
-        aligned = flat[group[:, None, None, None], cell_index, window_rows[None], window_cols[None]]
-        scores = (aligned * cell_weights).sum(axis=1)  # [group, positions down, positions across]
-        positions = scores.reshape(len(group), -1)
-        where = positions.argmax(axis=1)
-        found = positions[np.arange(len(group)), where]
-        tops, lefts = np.unravel_index(where, scores.shape[1:])
-        slot = np.searchsorted(group, candidates)
+    keys, inverse = np.unique((heights * (grid + 1) + widths).ravel(), return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[order], np.arange(len(keys) + 1))
+    for number, key in enumerate(keys.tolist()):
+        candidates, scale_steps = np.divmod(order[bounds[number] : bounds[number + 1]], len(scales))
+        group, slot = np.unique(candidates, return_inverse=True)
+        height, width = divmod(key, grid + 1)
+        aligned = flat[group[:, None, None], _positions(rows, cols, height, width, grid)[None]]
+        scores = (aligned * cell_weights).sum(axis=1)  # [group, positions down * positions across]
+        where = scores.argmax(axis=1)
+        found = scores[np.arange(len(group)), where]
+        tops, lefts = np.divmod(where, grid - width + 1)
         best_scores[candidates, scale_steps] = found[slot]
         best_tops[candidates, scale_steps] = tops[slot]
         best_lefts[candidates, scale_steps] = lefts[slot]
@@ -186,8 +189,8 @@ def rerank(
     for grid in np.unique(sizes).tolist():
         members = np.flatnonzero(sizes == grid)
         # One matrix product for every candidate cell against every query cell.
-        similarity = code_similarities([stored[i] for i in members.tolist()], query)  # [n, g * g, q]
-        similarity = np.ascontiguousarray(similarity.transpose(0, 2, 1)).reshape(len(members), rows, cols, grid, grid)
+        similarity = code_similarities([stored[i] for i in members.tolist()], query)  # [n, q, g * g]
+        similarity = similarity.reshape(len(members), rows, cols, grid, grid)
         placed = best_placements(similarity, scale_rows[members], scale_cols[members], weights, scales)
         heatmaps = similarity.reshape(len(members), rows * cols, grid, grid).max(axis=1)
         for slot, member in enumerate(members.tolist()):
