@@ -114,10 +114,13 @@ def build_collection(config: LoupeConfig, photos: int, grid: int, seed: int) -> 
         sorted_ids = np.ascontiguousarray(ids[order])
         sorted_codes = np.ascontiguousarray(ivf_codes[cell_prototypes[order]])
         bounds = np.searchsorted(lists[order], np.arange(len(centroids) + 1))
+        invlists = ivf.invlists
+        if invlists is None:  # pragma: no cover - a fresh IVF index always has its lists
+            raise RuntimeError("IVF index without inverted lists")
         for number in range(len(centroids)):
             start, end = int(bounds[number]), int(bounds[number + 1])
             if end > start:
-                ivf.invlists.add_entries(
+                invlists.add_entries(
                     number,
                     end - start,
                     faiss.swig_ptr(sorted_ids[start:end]),
