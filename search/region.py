@@ -12,6 +12,10 @@
    the cells it aligns. The best placement is the match; the query box, carried through it, is the
    matched box. Requiring the cells to line up in the same layout is
    the spatial-consistency check that a bag of best matches lacks.
+
+Steps 2 and 3 run over all candidates at once (:mod:`search.region_batch`); :func:`best_placement` is the
+one-photo form that robust queries' local re-scoring uses, and the reference the batches are tested
+against.
 """
 
 from __future__ import annotations
