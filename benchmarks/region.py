@@ -14,6 +14,11 @@ is the whole photo).
 
     python benchmarks/region.py ../shared/photos --image-size 128
     python benchmarks/region.py ../shared/photos --image-size 512 --json
+
+``--scale N`` measures query latency instead, over a catalog of N photos' synthetic grids and the patch
+index the indexer would choose for them (``benchmarks/region_scale.py`` says what is synthetic):
+
+    python benchmarks/region.py --scale 100000 --per-candidate
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import region_scale  # noqa: E402
 from indexer.config import LoupeConfig, with_overrides  # noqa: E402
 from indexer.pipeline import run_build  # noqa: E402
 from indexer.settings import resolve_settings  # noqa: E402
@@ -145,7 +151,13 @@ def evaluate(engine: SearchEngine, planted: list[PlantedRegion], k: int = 10) ->
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("photos", type=Path, help="folder of real photos (e.g. ../shared/photos)")
+    parser.add_argument("photos", type=Path, nargs="?", help="folder of real photos (e.g. ../shared/photos)")
+    parser.add_argument("--scale", type=int, metavar="N", help="latency over N photos' synthetic grids instead")
+    parser.add_argument("--queries", type=int, default=50, help="region queries with --scale (default 50)")
+    parser.add_argument(
+        "--per-candidate", action="store_true", help="with --scale, also time the per-candidate re-ranking (before)"
+    )
+    parser.add_argument("--no-forward", action="store_true", help="with --scale, skip timing the forward pass")
     parser.add_argument("--image-size", type=int, default=128, help="model input size (default 128)")
     parser.add_argument("--objects", type=int, default=12, help="regions cut and pasted (default 12)")
     parser.add_argument("--targets", type=int, default=3, help="photos each region is pasted into (default 3)")
@@ -156,6 +168,21 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.scale:
+        workdir = args.workdir or Path(tempfile.mkdtemp(prefix="loupe-region-scale-"))
+        shutil.rmtree(workdir / "data", ignore_errors=True)
+        scale_report = region_scale.run_scale(
+            args.scale, workdir, args.queries, args.seed, args.per_candidate, not args.no_forward
+        )
+        if args.json:
+            print(json.dumps(scale_report, indent=2))
+        else:
+            region_scale.print_report(scale_report)
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return 0
+    if args.photos is None:
+        parser.error("give a folder of photos, or --scale N")
 
     photos = sorted(p for p in args.photos.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="loupe-region-"))

@@ -7,12 +7,13 @@ the vectors are what is being measured. Photo sizes and times are seeded so that
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from indexer.catalog import Catalog, IndexedFile, Provenance
+from indexer.catalog import Catalog, IndexedFile, Provenance, StoredGrid
 from indexer.config import LoupeConfig, with_overrides
 from indexer.vector_index import sync_index
 
@@ -26,10 +27,18 @@ def synthetic_config(data_dir: Path) -> LoupeConfig:
 
 
 def fill_catalog(
-    config: LoupeConfig, vectors: npt.NDArray[np.float32], same_bytes_as: npt.NDArray[np.int64] | None = None
+    config: LoupeConfig,
+    vectors: npt.NDArray[np.float32],
+    same_bytes_as: npt.NDArray[np.int64] | None = None,
+    *,
+    grid_of: Callable[[int], StoredGrid] | None = None,
+    patch_grid: int = 0,
+    build_index: bool = True,
 ) -> Catalog:
     """Commit one indexed row per vector (row ``i`` has id ``i + 1``), then build the index the indexer
-    would choose. ``same_bytes_as[i]`` (default ``i``) is the row whose content hash row ``i`` shares."""
+    would choose (unless ``build_index`` is False). ``same_bytes_as[i]`` (default ``i``) is the row whose
+    content hash row ``i`` shares; ``grid_of(i)``, row ``i``'s stored patch grid of ``patch_grid`` cells a
+    side (made chunk by chunk, so that a large catalog's grids are never all in memory)."""
     catalog = Catalog.open(config.resolved_db_url)
     catalog.ensure_provenance(
         Provenance(
@@ -40,6 +49,7 @@ def fill_catalog(
             image_size=config.model.image_size,
             dim=vectors.shape[1],
             preprocessing="synthetic",
+            patch_grid=patch_grid,
         )
     )
     content = np.arange(len(vectors)) if same_bytes_as is None else same_bytes_as
@@ -56,9 +66,11 @@ def fill_catalog(
                     width=int(sides[i, 0]),
                     height=int(sides[i, 1]),
                     embedding=vectors[i],
+                    patches=None if grid_of is None else grid_of(i),
                 )
                 for i in range(start, min(len(vectors), start + COMMIT_ROWS))
             ]
         )
-    sync_index(catalog, config.data_dir, config.index)
+    if build_index:
+        sync_index(catalog, config.data_dir, config.index)
     return catalog

@@ -42,6 +42,9 @@ Codes = npt.NDArray[np.uint8]
 _POWERS = 3 ** np.arange(TRITS_PER_BYTE, dtype=np.int64)
 _TRIT_VALUES = np.array([0.0, 1.0, -1.0], dtype=np.float32)
 _BYTE_VALUES = _TRIT_VALUES[(np.arange(3**TRITS_PER_BYTE)[:, None] // _POWERS[None, :]) % 3]  # [243, 5]
+# The same table for readers that take the trits as they are (search.region_batch); read-only.
+BYTE_TRITS = _BYTE_VALUES
+BYTE_TRITS.setflags(write=False)
 
 
 def code_bytes(dim: int) -> int:

@@ -12,25 +12,33 @@
    the cells it aligns. The best placement is the match; the query box, carried through it, is the
    matched box. Requiring the cells to line up in the same layout is
    the spatial-consistency check that a bag of best matches lacks.
+
+Steps 2 and 3 run over all candidates at once (:mod:`search.region_batch`); :func:`best_placement` is the
+one-photo form that robust queries' local re-scoring uses, and the reference the batches are tested
+against.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from indexer.catalog import StoredGrid
+from indexer.catalog import Catalog, StoredGrid
+from indexer.config import PatchConfig
 from indexer.errors import CatalogError
 from indexer.grid_codes import grid_codes, rotate, rotated_cells
 from indexer.vector_source import decode_cell_ids
 from search.engine import QueryError, SearchEngine
+from search.region_batch import Reranked, rank_candidates, rerank
 
 logger = logging.getLogger(__name__)
 
@@ -255,58 +263,98 @@ def search_region(
     engine: SearchEngine, image: Image.Image | bytes | Path, box: Box | None = None, k: int | None = None
 ) -> RegionResults:
     """Photos containing the ``box`` region of ``image`` (whole image when None), best first."""
-    k = k or engine.config.search.default_k
     patch_index = engine.patch_index()
     query = engine.encode_query(image)
     if query.patches is None:  # pragma: no cover - patch_index() already refused
         raise QueryError("the query has no patch grid")
-    grid = engine.patch_grid
-    block = cells_under_box(box, query.width, query.height, grid)
-    cells = query.patches[block.top : block.bottom, block.left : block.right].reshape(-1, engine.dim)
-    cells = np.ascontiguousarray(cells, dtype=np.float32)
+    return match_region(
+        engine.catalog,
+        patch_index,
+        engine.config.patches,
+        query.patches,
+        (query.width, query.height),
+        box,
+        k or engine.config.search.default_k,
+    )
 
-    settings = engine.config.patches
+
+def match_region(
+    catalog: Catalog,
+    patch_index: faiss.Index,
+    settings: PatchConfig,
+    query_grid: Grid,
+    query_size: tuple[int, int],
+    box: Box | None,
+    k: int,
+    timings: dict[str, float] | None = None,
+    *,
+    one_by_one: bool = False,
+) -> RegionResults:
+    """Region search from an encoded query's patch grid (``[g, g, dim]``, the query ``width x height``
+    pixels): candidates from the patch index, re-ranked from their stored grids in one batch
+    (:mod:`search.region_batch`). ``timings``, when given, receives each stage's seconds.
+    ``one_by_one``: the per-candidate path the batches replaced (the reference the benchmark's "before"
+    figure and the tests compare against; slower, same results to float tolerance)."""
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        if timings is not None:
+            timings[stage] = timings.get(stage, 0.0) + now - clock
+        clock = now
+
+    query_w, query_h = query_size
+    grid, dim = int(query_grid.shape[0]), int(query_grid.shape[-1])
+    block = cells_under_box(box, query_w, query_h, grid)
+    cells = np.ascontiguousarray(
+        query_grid[block.top : block.bottom, block.left : block.right].reshape(-1, dim), dtype=np.float32
+    )
     neighbours = min(settings.cell_neighbours, int(patch_index.ntotal))
     scores, vector_ids = patch_index.search(cells, neighbours)
+    lap("patch index search")
     photo_ids, _ = decode_cell_ids(np.where(vector_ids >= 0, vector_ids, 0))
-    evidence: dict[int, npt.NDArray[np.float32]] = {}
-    for cell, (row_photos, row_scores, row_ids) in enumerate(zip(photo_ids, scores, vector_ids, strict=True)):
-        for photo_id, score, vector_id in zip(row_photos.tolist(), row_scores.tolist(), row_ids.tolist(), strict=True):
-            if vector_id < 0:
-                continue
-            best = evidence.setdefault(photo_id, np.zeros(len(cells), dtype=np.float32))
-            best[cell] = max(best[cell], score)
-    ranked = sorted(evidence, key=lambda photo_id: -float(evidence[photo_id].sum()))[: settings.candidates]
+    if one_by_one:
+        ranked = _rank_candidates_loop(scores, photo_ids, vector_ids >= 0, settings.candidates)
+    else:
+        ranked = rank_candidates(scores, photo_ids, vector_ids >= 0, settings.candidates)
+    lap("candidate ranking")
 
-    photos = engine.catalog.photos(ranked)
+    photos = catalog.photos(ranked)
+    present: list[int] = []
+    stored: list[StoredGrid] = []
+    for chunk_ids, chunk in catalog.stored_grids(ranked):
+        for photo_id, stored_grid in zip(chunk_ids.tolist(), chunk, strict=True):
+            if photo_id in photos:
+                present.append(photo_id)
+                stored.append(stored_grid)
+    lap("grid fetch")
     # Compared in the grid codes' rotated space: one rotation of the query instead of one per photo cell.
-    query_cells = rotate(cells).reshape(block.rows, block.cols, engine.dim)
-    coverage = cell_coverage(box, block, query.width, query.height)
+    query_cells = rotate(cells).reshape(block.rows, block.cols, dim)
+    coverage = cell_coverage(box, block, query_w, query_h)
+    reranked = (_rerank_one_by_one if one_by_one else rerank)(
+        query_cells,
+        coverage,
+        stored,
+        present,
+        np.array([query_h / max(photos[i].height, 1) for i in present], dtype=np.float64),
+        np.array([query_w / max(photos[i].width, 1) for i in present], dtype=np.float64),
+        dim,
+        SCALES,
+    )
     matches: list[tuple[float, int, Box, Grid]] = []
-    for chunk_ids, stored in engine.catalog.stored_grids(ranked):
-        for photo_id, stored_grid in zip(chunk_ids.tolist(), stored, strict=True):
-            photo = photos.get(photo_id)
-            if photo is None:
-                continue
-            photo_grid = stored_cells(stored_grid, engine.dim)
-            similarity = np.einsum("ijd,uvd->ijuv", query_cells, photo_grid)
-            placement = best_placement(
-                similarity,
-                scale_rows=query.height / max(photo.height, 1),
-                scale_cols=query.width / max(photo.width, 1),
-                weights=coverage,
-            )
-            photo_box = matched_box(
-                box, block, placement, (query.width, query.height), (photo.width, photo.height), grid
-            )
-            heatmap = similarity.reshape(-1, grid, grid).max(axis=0)
-            matches.append((placement.score, photo_id, photo_box, heatmap))
+    for found in reranked:
+        photo = photos[found.photo_id]
+        placement = Placement(found.score, found.top, found.left, found.rows, found.cols)
+        photo_box = matched_box(box, block, placement, query_size, (photo.width, photo.height), grid)
+        matches.append((placement.score, found.photo_id, photo_box, found.heatmap))
     matches.sort(key=lambda match: (-match[0], match[1]))
-    query_box = block_to_box(block.top, block.left, block.rows, block.cols, grid, query.width, query.height)
+    lap("re-ranking")
+    query_box = block_to_box(block.top, block.left, block.rows, block.cols, grid, query_w, query_h)
     return RegionResults(
         query_box=query_box,
-        query_width=query.width,
-        query_height=query.height,
+        query_width=query_w,
+        query_height=query_h,
         matches=[
             RegionMatch(
                 rank=rank,
@@ -321,3 +369,42 @@ def search_region(
             for rank, (score, photo_id, photo_box, heatmap) in enumerate(matches[:k], start=1)
         ],
     )
+
+
+def _rank_candidates_loop(
+    scores: Grid, vector_photos: npt.NDArray[np.int64], valid: npt.NDArray[np.bool_], limit: int
+) -> list[int]:
+    """:func:`search.region_batch.rank_candidates` hit by hit (the reference path)."""
+    evidence: dict[int, Grid] = {}
+    for cell, (row_photos, row_scores, row_valid) in enumerate(zip(vector_photos, scores, valid, strict=True)):
+        for photo_id, score, real in zip(row_photos.tolist(), row_scores.tolist(), row_valid.tolist(), strict=True):
+            if not real:
+                continue
+            best = evidence.setdefault(photo_id, np.zeros(len(scores), dtype=np.float32))
+            best[cell] = max(best[cell], score)
+    return sorted(evidence, key=lambda photo_id: -float(evidence[photo_id].sum()))[:limit]
+
+
+def _rerank_one_by_one(
+    query_cells: Grid,
+    weights: Grid,
+    stored: list[StoredGrid],
+    photo_ids: list[int],
+    scale_rows: npt.NDArray[np.float64],
+    scale_cols: npt.NDArray[np.float64],
+    dim: int,
+    scales: tuple[float, ...],
+) -> list[Reranked]:
+    """:func:`search.region_batch.rerank` candidate by candidate (the reference path)."""
+    found = []
+    for number, (photo_id, stored_grid) in enumerate(zip(photo_ids, stored, strict=True)):
+        photo_grid = stored_cells(stored_grid, dim)
+        similarity = np.einsum("ijd,uvd->ijuv", query_cells, photo_grid)
+        placement = best_placement(
+            similarity, float(scale_rows[number]), float(scale_cols[number]), weights=weights, scales=scales
+        )
+        heatmap = similarity.reshape(-1, stored_grid.grid, stored_grid.grid).max(axis=0)
+        found.append(
+            Reranked(photo_id, placement.score, placement.top, placement.left, placement.rows, placement.cols, heatmap)
+        )
+    return found
