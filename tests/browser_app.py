@@ -1,6 +1,6 @@
 """The app served by ``streamlit run`` on loopback, and Debian's Chromium, for real-browser tests.
 
-Used by ``tests/test_ui_browser_region.py``; ``tests/test_ui_browser.py`` has the same steps inline.
+Used by ``tests/test_ui_browser.py`` and ``tests/test_ui_browser_region.py``.
 """
 
 from __future__ import annotations

@@ -14,9 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,87 +25,22 @@ import pytest
 from PIL import Image
 
 from indexer.pipeline import run_build
+from tests.browser_app import CHROMIUM, CHROMIUM_ARGS, require_chromium, served_app
 from tests.conftest import PHOTOS, small_config
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
-ROOT = Path(__file__).resolve().parent.parent
 RESULTS = 50
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@contextmanager
-def streamlit_server(data_dir: Path, config: Path) -> Iterator[str]:
-    """``streamlit run ui/app.py`` for the collection in ``data_dir`` on a free loopback port; its URL."""
-    port = _free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            str(ROOT / "ui" / "app.py"),
-            "--server.address",
-            "127.0.0.1",
-            "--server.port",
-            str(port),
-            "--server.headless",
-            "true",
-            "--browser.gatherUsageStats",
-            "false",
-            "--",
-            "--data-dir",
-            str(data_dir),
-            "--config",
-            str(config),
-        ],
-        cwd=ROOT,  # the project's .streamlit/config.toml applies, as for a user
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if server.poll() is not None:
-                pytest.fail(f"streamlit exited: {server.stdout.read() if server.stdout else ''}")
-            time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 @contextmanager
 def chromium() -> Iterator[Any]:
     """Debian's Chromium under Playwright (skipped without it, failed with ``LOUPE_REQUIRE_BROWSER``)."""
-    if not CHROMIUM.exists():
-        if os.environ.get("LOUPE_REQUIRE_BROWSER"):
-            pytest.fail(f"{CHROMIUM} is missing: `apt-get install chromium` (.ci/run does)")
-        pytest.skip(f"Debian's Chromium is not installed at {CHROMIUM} (`apt-get install chromium`; CI installs it)")
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             yield browser
         finally:
@@ -133,7 +65,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     run_build(small_config(root / "data"), [photos], show_progress=False)
     config = root / "ui.yaml"
     config.write_text(f"search:\n  default_k: {RESULTS // 2}\n")  # the results slider starts at 2 * default_k
-    with streamlit_server(root / "data", config) as url:
+    with served_app(root / "data", root / "streamlit.log", config) as url:
         yield url, root
 
 
@@ -218,7 +150,7 @@ def served_duplicates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
     run_build(config, [root / "photos"], show_progress=False)
     settings = root / "ui.yaml"
     settings.write_text("search:\n  near_duplicate_threshold: 0.99\n")  # random weights: copies score > 0.99
-    with streamlit_server(root / "data", settings) as url:
+    with served_app(root / "data", root / "streamlit.log", settings) as url:
         yield url, root
 
 
