@@ -198,25 +198,6 @@ def main_region(args: argparse.Namespace) -> int:
 
 # duplicates --------------------------------------------------------------------------------------
 
-DUPLICATE_CSV_FIELDS = [
-    "group",
-    "member",
-    "original",
-    "exact",
-    "score",
-    "width",
-    "height",
-    "size_bytes",
-    "id",
-    "path",
-    "keeper_rule",
-    "file_format",
-    "capture_time",
-    "camera_make",
-    "camera_model",
-    "match",
-]
-
 
 def _folder(text: str) -> Path:
     path = Path(text).expanduser()
@@ -254,35 +235,6 @@ def setup_duplicates(parser: argparse.ArgumentParser) -> None:
     add_collection_arguments(parser)
 
 
-def write_duplicates_csv(groups: Sequence[Any], out: IO[str]) -> None:
-    """One CSV row per photo: group number, position (0 = suggested original), its facts and the keeper
-    rule that chose its group's original."""
-    writer = csv.writer(out)
-    writer.writerow(DUPLICATE_CSV_FIELDS)
-    for number, group in enumerate(groups, start=1):
-        for position, m in enumerate(group.members):
-            writer.writerow(
-                [
-                    number,
-                    position,
-                    int(m.original),
-                    int(m.exact),
-                    f"{m.score:.6f}",
-                    m.width,
-                    m.height,
-                    m.size_bytes,
-                    m.id,
-                    m.path,
-                    group.keeper_rule,
-                    m.file_format or "",
-                    "" if m.capture_time is None else m.capture_time.isoformat(),
-                    m.camera_make or "",
-                    m.camera_model or "",
-                    m.match,
-                ]
-            )
-
-
 def _member_line(m: Any) -> str:
     kind = "original" if m.original else ("exact copy" if m.exact else f"{m.score:.4f}")
     taken = "" if m.capture_time is None else m.capture_time.strftime("%Y-%m-%d %H:%M")
@@ -292,6 +244,7 @@ def _member_line(m: Any) -> str:
 
 def main_duplicates(args: argparse.Namespace) -> int:
     from search.duplicates import find_duplicate_groups
+    from search.duplicates_csv import write_duplicates_csv
 
     if wants_decision(args):
         run_decision(args, _config(args), sys.stdout)

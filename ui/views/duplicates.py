@@ -10,8 +10,8 @@ import io
 import streamlit as st
 
 from indexer.calibration_store import describe_threshold
-from search.cli import write_duplicates_csv
 from search.duplicates import DuplicateGroup
+from search.duplicates_csv import write_duplicates_csv
 from ui.duplicates_apply import apply_panel
 from ui.duplicates_review import KEY, current_groups, kept_ids, pager, review_page, show_notice
 from ui.state import require_engine
