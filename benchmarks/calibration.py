@@ -24,10 +24,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from core.config import LoupeConfig, with_overrides  # noqa: E402
+from core.decode import supported_extensions  # noqa: E402
 from indexer.calibrate import calibrate_collection, embed_with, measure_scores  # noqa: E402
 from indexer.calibration import evaluate_threshold, fit_threshold  # noqa: E402
-from indexer.config import LoupeConfig, with_overrides  # noqa: E402
-from indexer.decode import supported_extensions  # noqa: E402
 from indexer.pipeline import run_build  # noqa: E402
 from search.engine import SearchEngine  # noqa: E402
 

@@ -41,10 +41,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from indexer.config import VARIANT_NAMES, LoupeConfig, RobustConfig, with_overrides  # noqa: E402
+from core.config import VARIANT_NAMES, LoupeConfig, RobustConfig, with_overrides  # noqa: E402
+from core.settings import resolve_settings  # noqa: E402
 from indexer.edits import EDIT_FAMILIES, make_edits  # noqa: E402
 from indexer.pipeline import run_build  # noqa: E402
-from indexer.settings import resolve_settings  # noqa: E402
 from search.engine import SearchEngine  # noqa: E402
 from search.robust import search_image_robust  # noqa: E402
 

@@ -30,9 +30,9 @@ from PIL import Image, ImageOps
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from indexer.config import with_overrides  # noqa: E402
+from core.config import with_overrides  # noqa: E402
+from core.settings import resolve_settings  # noqa: E402
 from indexer.pipeline import run_build  # noqa: E402
-from indexer.settings import resolve_settings  # noqa: E402
 from search.duplicates import DuplicateGroup, find_duplicate_groups  # noqa: E402
 from search.engine import SearchEngine  # noqa: E402
 

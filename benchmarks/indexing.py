@@ -41,13 +41,13 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from indexer.config import LoupeConfig, with_overrides  # noqa: E402
-from indexer.decode import DecodeLimits, supported_extensions  # noqa: E402
-from indexer.device_decode import GPU_JPEG_MIN_PIXELS  # noqa: E402
-from indexer.encoder import Encoder, load_model, resolve_batch_size, resolve_device  # noqa: E402
+from core.config import LoupeConfig, with_overrides  # noqa: E402
+from core.decode import DecodeLimits, supported_extensions  # noqa: E402
+from core.device_decode import GPU_JPEG_MIN_PIXELS  # noqa: E402
+from core.encoder import Encoder, load_model, resolve_batch_size, resolve_device  # noqa: E402
+from core.reader import PhotoDataset, WorkItem, finish_on_device, make_loader, resolve_workers  # noqa: E402
+from core.settings import resolve_settings  # noqa: E402
 from indexer.pipeline import BuildSummary, run_build  # noqa: E402
-from indexer.reader import PhotoDataset, WorkItem, finish_on_device, make_loader, resolve_workers  # noqa: E402
-from indexer.settings import resolve_settings  # noqa: E402
 
 # Issue 6's targets.
 TARGET_OVER_FORWARD = 0.85

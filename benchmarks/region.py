@@ -41,9 +41,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import region_scale  # noqa: E402
-from indexer.config import LoupeConfig, with_overrides  # noqa: E402
+from core.config import LoupeConfig, with_overrides  # noqa: E402
+from core.settings import resolve_settings  # noqa: E402
 from indexer.pipeline import run_build  # noqa: E402
-from indexer.settings import resolve_settings  # noqa: E402
 from search.engine import SearchEngine  # noqa: E402
 from search.region import Box, search_region  # noqa: E402
 

@@ -34,11 +34,11 @@ import numpy as np
 import numpy.typing as npt
 
 from benchmarks.synthetic_catalog import fill_catalog, synthetic_config
-from indexer.catalog import Catalog, StoredGrid
-from indexer.config import LoupeConfig, with_overrides
-from indexer.grid_codes import encode_cells
-from indexer.vector_index import choose_index_spec, set_nprobe
-from indexer.vector_source import CELL_ID_BASE
+from core.catalog import Catalog, StoredGrid
+from core.config import LoupeConfig, with_overrides
+from core.grid_codes import encode_cells
+from core.vector_index import choose_index_spec, set_nprobe
+from core.vector_source import CELL_ID_BASE
 from search.region import Box, match_region
 
 logger = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def forward_pass_seconds(config: LoupeConfig, repeats: int = 3) -> float:
     random weights (the architecture's cost is the same with trained ones)."""
     import torch
 
-    from indexer.encoder import Encoder, load_model
+    from core.encoder import Encoder, load_model
 
     device = torch.device("cpu")
     encoder = Encoder(load_model(config.model, device), device, config.runtime.precision)

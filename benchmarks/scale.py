@@ -39,7 +39,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from indexer.vector_index import IndexSpec, merge_shards, write_shards
+from core.vector_index import IndexSpec, merge_shards, write_shards
 
 DIM = 384
 K = 10

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from indexer.catalog import Catalog, IndexedFile, Provenance, StoredGrid
-from indexer.config import LoupeConfig, with_overrides
-from indexer.vector_index import sync_index
+from core.catalog import Catalog, IndexedFile, Provenance, StoredGrid
+from core.config import LoupeConfig, with_overrides
+from core.vector_index import sync_index
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Float, Integer, String, Text, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from indexer.catalog import Base, Catalog, Provenance
+from core.catalog import Base, Catalog, Provenance
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The catalog: one row per photo file, its embedding, and the provenance of the whole index.
 
 The catalog is the source of truth. Every embedding lives here, so the FAISS files are derived data that
-:mod:`indexer.vector_index` can always rebuild. Work is committed in batches, each in one transaction
+:mod:`core.vector_index` can always rebuild. Work is committed in batches, each in one transaction
 that also bumps the catalog ``revision``; the FAISS files record the revision they reflect, so a reader
 can tell at once whether they are current.
 """
@@ -41,9 +41,9 @@ from sqlalchemy.engine import URL, Dialect, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from indexer import grid_codes, schema
-from indexer.errors import CatalogError, ProvenanceMismatchError
-from indexer.photo_metadata import MAX_TEXT, METADATA_VERSION, PhotoMetadata
+from core import grid_codes, schema
+from core.errors import CatalogError, ProvenanceMismatchError
+from core.photo_metadata import MAX_TEXT, METADATA_VERSION, PhotoMetadata
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class ImageRecord(Base):
     embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
     # Catalog revision at which ``embedding`` was last written: the FAISS sync re-adds newer ones.
     vector_revision: Mapped[int | None] = mapped_column(BigInteger)
-    # What the header says (schema 5, indexer.photo_metadata). The EXIF capture time is the camera's wall
+    # What the header says (schema 5, core.photo_metadata). The EXIF capture time is the camera's wall
     # clock without a zone (EXIF rarely records one), so it is kept naive rather than made up as UTC.
     capture_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=False))
     camera_make: Mapped[str | None] = mapped_column(String(MAX_TEXT))
@@ -145,7 +145,7 @@ class ImageRecord(Base):
 
 
 class PatchGridRecord(Base):
-    """A photo's pooled patch grid (``grid x grid`` cells of ``dim``, stored as :mod:`indexer.grid_codes`
+    """A photo's pooled patch grid (``grid x grid`` cells of ``dim``, stored as :mod:`core.grid_codes`
     codes): the source of the patch index and of the re-ranking of region queries. Deleted with its photo."""
 
     __tablename__ = "patch_grids"

@@ -29,8 +29,8 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
-from indexer.catalog import STATUS_INDEXED, Catalog, CatalogState, ImageRecord, PatchGridRecord
-from indexer.errors import CatalogError
+from core.catalog import STATUS_INDEXED, Catalog, CatalogState, ImageRecord, PatchGridRecord
+from core.errors import CatalogError
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from indexer.errors import ConfigError
-from indexer.locations import user_data_dir, user_models_dir
+from core.errors import ConfigError
+from core.locations import user_data_dir, user_models_dir
 
 DEFAULT_CONFIG_FILE = Path("config.yaml")
 # Written into the data dir by every build, so readers know the exact settings the index was made with.
@@ -296,8 +296,8 @@ class UIConfig:
 class LoupeConfig:
     """The whole configuration. ``db_url`` None means SQLite at ``<data_dir>/catalog.sqlite``.
 
-    ``data_dir`` and ``model.models_dir`` default to the user's own folders (:mod:`indexer.locations`);
-    :func:`indexer.settings.resolve_settings` is what the commands use to pick them, with the environment,
+    ``data_dir`` and ``model.models_dir`` default to the user's own folders (:mod:`core.locations`);
+    :func:`core.settings.resolve_settings` is what the commands use to pick them, with the environment,
     the config file and the folders of earlier versions.
     """
 
@@ -393,7 +393,7 @@ def load_config(path: Path | None = None) -> LoupeConfig:
     """Load ``path``, or ``config.yaml`` in the working directory, or the defaults when neither exists.
 
     An explicitly named file that does not exist is an error. Relative paths in the file are taken as they
-    are (from the working directory); :func:`indexer.settings.resolve_settings`, which the commands use,
+    are (from the working directory); :func:`core.settings.resolve_settings`, which the commands use,
     also looks in the environment and the per-user config dir and resolves them against the file's folder.
     """
     if path is None:

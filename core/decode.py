@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError, features
 
-from indexer.errors import DecodeError
-from indexer.photo_metadata import PhotoMetadata, metadata_of
+from core.errors import DecodeError
+from core.photo_metadata import PhotoMetadata, metadata_of
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from indexer.decode import DecodeLimits, exif_orientation
+from core.decode import DecodeLimits, exif_orientation
 
 logger = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from pathlib import Path
 from sqlalchemy import CheckConstraint, String, delete, func, select, tuple_
 from sqlalchemy.orm import Mapped, mapped_column
 
-from indexer.catalog import STATUS_INDEXED, Base, Catalog, ImageRecord, PhotoRecord
-from indexer.errors import LoupeError
+from core.catalog import STATUS_INDEXED, Base, Catalog, ImageRecord, PhotoRecord
+from core.errors import LoupeError
 
 logger = logging.getLogger(__name__)
 

@@ -22,12 +22,12 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from indexer.config import ModelConfig
-from indexer.errors import ConfigError, WeightsError
-from indexer.heap import keep_freed_memory
-from indexer.image_threads import ImageThreads, idle_threads, intra_op_threads, resolve_parallel_images
-from indexer.preprocess import normalize
-from indexer.weights import (
+from core.config import ModelConfig
+from core.errors import ConfigError, WeightsError
+from core.heap import keep_freed_memory
+from core.image_threads import ImageThreads, idle_threads, intra_op_threads, resolve_parallel_images
+from core.preprocess import normalize
+from core.weights import (
     WeightsIdentity,
     WeightsKind,
     ensure_pretrained_file,
@@ -259,7 +259,7 @@ def should_compile(setting: str, device: torch.device, images: int) -> bool:
 
 
 class Encoder:
-    """Runs a :class:`LoadedModel` on batches of uint8 pixels from :func:`indexer.preprocess.model_pixels`.
+    """Runs a :class:`LoadedModel` on batches of uint8 pixels from :func:`core.preprocess.model_pixels`.
 
     With int8 or bf16 the first photos of the first batch are also run in fp32 and compared. If any
     embedding falls below ``min_cosine`` to its fp32 twin, the encoder switches to fp32 for good (and says
@@ -269,14 +269,14 @@ class Encoder:
     batch pays the compilation).
 
     On the CPU every photo gets a forward pass of its own on an image thread with one intra-op thread
-    (:mod:`indexer.image_threads`), ``parallel_images`` photos at a time (``runtime.parallel_images``;
+    (:mod:`core.image_threads`), ``parallel_images`` photos at a time (``runtime.parallel_images``;
     -1 = one per core torch uses). A photo's vector is then a function of its own pixels by construction:
     the same bytes whatever its batch-mates, the batch size, the core count, a resume or the engine.
     :meth:`submit` returns before the batch is done. On a GPU the batch goes through in one pass, for
     throughput; a vector there can differ in its last bits with its batch-mates.
 
     Unless compiled, the encoder switches the network's attention layers to
-    :class:`indexer.rotary_attention.ComplexRotaryAttention` in place (bit-identical, fewer operators).
+    :class:`core.rotary_attention.ComplexRotaryAttention` in place (bit-identical, fewer operators).
     """
 
     def __init__(
@@ -298,12 +298,12 @@ class Encoder:
         self.calls = 0
         self.images = 0
         # Process-wide, once, before the image threads start: a forward pass's large tensors are reused
-        # from the heap instead of being mapped and faulted in again for every operator (indexer.heap).
+        # from the heap instead of being mapped and faulted in again for every operator (core.heap).
         keep_freed_memory()
         if not compile:
-            from indexer.rotary_attention import use_complex_rotary_attention  # imports birder's network code
+            from core.rotary_attention import use_complex_rotary_attention  # imports birder's network code
 
-            # Same numbers with fewer operators (indexer.rotary_attention), switched in the caller's network
+            # Same numbers with fewer operators (core.rotary_attention), switched in the caller's network
             # in place (the fp32 check runs it too); torch.compile fuses the rotation itself from birder's code.
             use_complex_rotary_attention(model.net)
         net = _quantize_linear_layers(model.net) if self.precision == "int8" else model.net
@@ -395,7 +395,7 @@ class Encoder:
         """Embed one query photo (``[1, 3, S, S]`` uint8) as fast as one photo can go.
 
         On the CPU it runs on the calling thread with the intra-op threads of the cores other work leaves
-        idle (:func:`indexer.image_threads.idle_threads`) instead of on one image thread: on 2 quiet
+        idle (:func:`core.image_threads.idle_threads`) instead of on one image thread: on 2 quiet
         cores a 512 px query took 0.30 s this way against 0.60 s on one thread. The vector is then the
         indexed one to a cosine near 1, not to the byte (the kernels split the work differently);
         vectors that are stored always go through :meth:`encode` or :meth:`submit`, and exact copies are

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.catalog import Catalog, PhotoRecord
-from indexer.errors import IndexFileError
-from indexer.vector_index import index_dir, index_ids, load_index
-from indexer.vector_source import decode_cell_ids
+from core.catalog import Catalog, PhotoRecord
+from core.errors import IndexFileError
+from core.vector_index import index_dir, index_ids, load_index
+from core.vector_source import decode_cell_ids
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, pool, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from indexer.errors import CatalogError, LoupeError
+from core.errors import CatalogError, LoupeError
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 shows.
 
 A build writes each new or changed photo's metadata with its vector. Rows from before schema 5 (and rows
-read by an older :data:`~indexer.photo_metadata.METADATA_VERSION`) are filled by :func:`backfill_metadata`
+read by an older :data:`~core.photo_metadata.METADATA_VERSION`) are filled by :func:`backfill_metadata`
 at the end of the next build: only their headers are read, in a few threads (the work is waiting on the
 disk), never the pixels, and the model is not involved, so the vectors stay as they are.
 """
@@ -20,9 +20,9 @@ from typing import Any
 from sqlalchemy import func, select, update
 from tqdm import tqdm
 
-from indexer.catalog import STATUS_INDEXED, Catalog, ImageRecord, metadata_values
-from indexer.decode import supported_formats
-from indexer.photo_metadata import METADATA_VERSION, PhotoMetadata, read_metadata
+from core.catalog import STATUS_INDEXED, Catalog, ImageRecord, metadata_values
+from core.decode import supported_formats
+from core.photo_metadata import METADATA_VERSION, PhotoMetadata, read_metadata
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ birder's ``inference_preset(size, rgb_stats)`` resizes the whole image to ``size
 antialiased; no crop at its default ``center_crop=1.0``) and normalises with the model's ``rgb_stats``.
 The work is split in two so the expensive half runs in the decode workers and only uint8 pixels cross
 the process boundary (4x less than float32): :func:`model_pixels` here, the normalisation on the model's
-device in :mod:`indexer.encoder`. A test checks the two halves together equal birder's preset.
+device in :mod:`core.encoder`. A test checks the two halves together equal birder's preset.
 
 The whole image is kept (squashed, never cropped) so a region anywhere in the photo is in the patch grid
 and a patch cell maps back to original pixels by a plain scale.

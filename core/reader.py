@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from indexer.decode import DecodeLimits, decode_image, read_image_bytes, supported_formats
-from indexer.device_decode import DeviceJpeg, decode_on_device, jpeg_for_device
-from indexer.errors import DecodeError
-from indexer.photo_metadata import PhotoMetadata, metadata_from_bytes
-from indexer.preprocess import model_pixels
+from core.decode import DecodeLimits, decode_image, read_image_bytes, supported_formats
+from core.device_decode import DeviceJpeg, decode_on_device, jpeg_for_device
+from core.errors import DecodeError
+from core.photo_metadata import PhotoMetadata, metadata_from_bytes
+from core.preprocess import model_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def read_one(
     """Read, hash and (unless its content is known) decode one file.
 
     With ``device_jpeg_min_pixels``, plain JPEGs of at least that many pixels are left compressed for
-    :func:`decode_on_device` (see :mod:`indexer.device_decode`)."""
+    :func:`decode_on_device` (see :mod:`core.device_decode`)."""
     sha256: str | None = None
     try:
         data = read_image_bytes(Path(item.path), limits)

@@ -9,17 +9,17 @@ from typing import Any
 
 import numpy as np
 
-from indexer.calibration_store import Calibration, calibration_due, current_calibration
-from indexer.catalog import STATUS_INDEXED, Catalog, redact_url
-from indexer.config import LoupeConfig
-from indexer.duplicate_decisions import decision_counts
-from indexer.errors import CatalogError, IndexFileError
-from indexer.grid_audit import audit_grids
-from indexer.metadata_store import metadata_counts
-from indexer.settings import Origins, origins_to_dict
-from indexer.vector_index import IndexMeta, check_index, index_dir, read_meta
-from indexer.vector_makers import makers_of
-from indexer.vector_source import patch_vectors_of
+from core.calibration_store import Calibration, calibration_due, current_calibration
+from core.catalog import STATUS_INDEXED, Catalog, redact_url
+from core.config import LoupeConfig
+from core.duplicate_decisions import decision_counts
+from core.errors import CatalogError, IndexFileError
+from core.grid_audit import audit_grids
+from core.metadata_store import metadata_counts
+from core.settings import Origins, origins_to_dict
+from core.vector_index import IndexMeta, check_index, index_dir, read_meta
+from core.vector_makers import makers_of
+from core.vector_source import patch_vectors_of
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def collection_status(
 ) -> dict[str, Any]:
     """The collection at a glance, as plain data (the ``status --json`` document); ``with_failures``
     adds every failed file with its reason and message; ``origins`` adds the models dir, the config file
-    and where each location came from (see :mod:`indexer.settings`)."""
+    and where each location came from (see :mod:`core.settings`)."""
     catalog = Catalog.open(config.resolved_db_url, create=False)
     try:
         provenance = catalog.provenance()

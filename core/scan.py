@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
-from indexer.errors import LoupeError
+from core.errors import LoupeError
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from alembic.util import CommandError
 from sqlalchemy import create_engine, event, inspect, pool
 from sqlalchemy.engine import Connection, Engine
 
-from indexer.errors import CatalogError
+from core.errors import CatalogError
 
 logger = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from indexer.config import LoupeConfig, config_from_mapping, read_config_mapping, with_overrides
-from indexer.errors import ConfigError
-from indexer.locations import (
+from core.config import LoupeConfig, config_from_mapping, read_config_mapping, with_overrides
+from core.errors import ConfigError
+from core.locations import (
     existing_user_config_file,
     legacy_data_dir,
     legacy_models_dir,
@@ -38,7 +38,7 @@ from indexer.locations import (
     user_models_dir,
     working_dir_config_file,
 )
-from indexer.weights import pretrained_file_name
+from core.weights import pretrained_file_name
 
 logger = logging.getLogger(__name__)
 

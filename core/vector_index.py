@@ -38,10 +38,10 @@ import numpy as np
 import numpy.typing as npt
 from faiss.contrib.inspect_tools import get_invlist
 
-from indexer.catalog import Catalog
-from indexer.config import IndexConfig
-from indexer.errors import IndexFileError
-from indexer.vector_source import GlobalVectors, VectorSource
+from core.catalog import Catalog
+from core.config import IndexConfig
+from core.errors import IndexFileError
+from core.vector_source import GlobalVectors, VectorSource
 
 logger = logging.getLogger(__name__)
 

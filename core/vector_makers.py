@@ -1,6 +1,6 @@
 """Which software made a catalog's vectors: torch and birder versions, precision and device.
 
-The provenance (:class:`indexer.catalog.Provenance`) holds what must be equal for vectors to be
+The provenance (:class:`core.catalog.Provenance`) holds what must be equal for vectors to be
 comparable at all: model, weights, image size. Library versions, the precision and the CPU kind need not
 be equal (their vectors agree to a cosine near 1), but they decide the exact bytes, so whoever compares
 two builds or reports a bug needs them. Every build that embeds photos adds its photos to the row of its
@@ -18,7 +18,7 @@ import torch
 from sqlalchemy import BigInteger, String, UniqueConstraint, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from indexer.catalog import Base, Catalog
+from core.catalog import Base, Catalog
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class VectorMaker:
 def describe_device(device: torch.device) -> str:
     """The device with what decides its kernels: the CPU's vector ISA, or the GPU's name."""
     if device.type == "cpu":
-        from indexer.encoder import cpu_bf16_units
+        from core.encoder import cpu_bf16_units
 
         capability = str(torch.backends.cpu.get_cpu_capability())
         units = cpu_bf16_units()

@@ -1,6 +1,6 @@
 """What a FAISS index holds, read from the catalog: one vector per photo, or one per patch cell.
 
-:mod:`indexer.vector_index` builds, syncs and checks an index from a :class:`VectorSource` without
+:mod:`core.vector_index` builds, syncs and checks an index from a :class:`VectorSource` without
 knowing which kind it is. Both kinds are keyed by catalog photo id ("items"); a patch vector's id encodes
 ``(photo id, cell)`` as ``photo_id * CELL_ID_BASE + cell`` so that it maps back to its photo and place.
 """
@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from indexer.catalog import Catalog, Embeddings, Ids
+from core.catalog import Catalog, Embeddings, Ids
 
 # 32x32 = 1024 cells at 512 px is the finest grid; 4096 leaves room for larger inputs.
 CELL_ID_BASE = 4096

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from indexer.config import ModelConfig
-from indexer.errors import WeightsError, WeightsUnavailableError
+from core.config import ModelConfig
+from core.errors import WeightsError, WeightsUnavailableError
 
 logger = logging.getLogger(__name__)
 

@@ -32,13 +32,13 @@ import numpy.typing as npt
 from PIL import Image
 from tqdm import tqdm
 
+from core.calibration_store import Calibration, calibration_due, current_calibration, save_calibration
+from core.catalog import Catalog, PhotoRecord, Provenance
+from core.config import CalibrationConfig
+from core.decode import DecodeLimits, load_image
+from core.errors import DecodeError, LoupeError
 from indexer.calibration import fit_threshold
-from indexer.calibration_store import Calibration, calibration_due, current_calibration, save_calibration
-from indexer.catalog import Catalog, PhotoRecord, Provenance
-from indexer.config import CalibrationConfig
-from indexer.decode import DecodeLimits, load_image
 from indexer.edits import EDIT_FAMILIES, make_edit
-from indexer.errors import DecodeError, LoupeError
 
 if TYPE_CHECKING:
     import torch
@@ -287,8 +287,8 @@ def embed_with(encode_pixels: Callable[[torch.Tensor], Embeddings], image_size: 
     the encoder runs photos on image threads, so the calling thread keeps to one (as builds do)."""
     import torch
 
-    from indexer.image_threads import one_intra_op_thread
-    from indexer.preprocess import model_pixels
+    from core.image_threads import one_intra_op_thread
+    from core.preprocess import model_pixels
 
     def embed(images: Sequence[Image.Image]) -> Embeddings:
         pixels = torch.stack([model_pixels(image, image_size) for image in images])

@@ -9,80 +9,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from indexer.config import LoupeConfig, with_overrides
-from indexer.errors import LoupeError
-from indexer.settings import Requested, ResolvedSettings, resolve_settings
+from core.command_line import (
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    Command,
+    add_collection_arguments,
+    command_parser,
+    image_size,
+    non_negative_int,
+    positive_int,
+    resolve_command_settings,
+    run_handler,
+)
+from core.config import LoupeConfig, with_overrides
 
 logger = logging.getLogger(__name__)
-
-EXIT_OK = 0
-EXIT_PROBLEMS = 1
-EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from error
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from error
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return value
-
-
-def _image_size(text: str) -> int:
-    value = positive_int(text)
-    if value % 16 != 0 or value < 32:
-        raise argparse.ArgumentTypeError(f"image size must be a multiple of 16 and at least 32, got {value}")
-    return value
-
-
-def add_collection_arguments(parser: argparse.ArgumentParser) -> None:
-    """--config, --data-dir, --db-url and -v, shared by every command."""
-    group = parser.add_argument_group("collection")
-    group.add_argument(
-        "--config",
-        type=Path,
-        help="config file (env: LOUPE_CONFIG; default: ./config.yaml, else the per-user config.yaml, when present)",
-    )
-    group.add_argument(
-        "--data-dir",
-        type=Path,
-        help="folder of the catalog and index files (env: LOUPE_DATA_DIR; config: data_dir; "
-        "default: ./loupe-data when present, else the per-user data dir)",
-    )
-    group.add_argument(
-        "--db-url", help="SQLAlchemy URL of the catalog (env: LOUPE_DB_URL; default: SQLite in the data dir)"
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-
-
-def resolve_command_settings(args: argparse.Namespace, overrides: dict[str, Any]) -> ResolvedSettings:
-    """The settings of a command (flags > environment > config file > defaults, see
-    :mod:`indexer.settings`), after a note on stderr for each folder found by an earlier version's rule."""
-    settings = resolve_settings(Requested(args.config, args.data_dir, args.db_url), overrides)
-    for line in settings.origins.notices(settings.config):
-        print(line, file=sys.stderr)
-    return settings
 
 
 def _resolve_config(args: argparse.Namespace, overrides: dict[str, Any]) -> LoupeConfig:
@@ -97,10 +42,10 @@ def setup_build(parser: argparse.ArgumentParser) -> None:
     add_collection_arguments(parser)
     model = parser.add_argument_group("model")
     model.add_argument("--weights", help="pretrained (default), random, or the path of a birder .pt file")
-    model.add_argument("--image-size", type=_image_size, help="model input size in pixels (default 512)")
+    model.add_argument("--image-size", type=image_size, help="model input size in pixels (default 512)")
     model.add_argument("--device", help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps")
     model.add_argument("--batch-size", type=positive_int, help="images per forward pass and per commit")
-    model.add_argument("--workers", type=_non_negative_int, help="decode worker processes (0 = in-process)")
+    model.add_argument("--workers", type=non_negative_int, help="decode worker processes (0 = in-process)")
     model.add_argument(
         "--engine", choices=("local", "ray"), help="local (default) or ray: decode and embed on a Ray cluster"
     )
@@ -168,7 +113,7 @@ def setup_status(parser: argparse.ArgumentParser) -> None:
 
 
 def main_status(args: argparse.Namespace) -> int:
-    from indexer.report import collection_status
+    from core.report import collection_status
     from indexer.summary import status_lines
 
     settings = resolve_command_settings(args, {})
@@ -189,7 +134,7 @@ def setup_verify(parser: argparse.ArgumentParser) -> None:
 
 
 def main_verify(args: argparse.Namespace) -> int:
-    from indexer.report import verify_collection
+    from core.report import verify_collection
 
     config = _resolve_config(args, {})
     result = verify_collection(config)
@@ -213,10 +158,10 @@ def setup_reindex(parser: argparse.ArgumentParser) -> None:
 
 
 def main_reindex(args: argparse.Namespace) -> int:
-    from indexer.catalog import Catalog
-    from indexer.lock import exclusive_writer
-    from indexer.vector_index import rebuild_index
-    from indexer.vector_source import patch_vectors_of
+    from core.catalog import Catalog
+    from core.lock import exclusive_writer
+    from core.vector_index import rebuild_index
+    from core.vector_source import patch_vectors_of
 
     config = _resolve_config(args, {})
     catalog = Catalog.open(config.resolved_db_url, create=False)
@@ -247,8 +192,8 @@ def setup_migrate(parser: argparse.ArgumentParser) -> None:
 
 
 def main_migrate(args: argparse.Namespace) -> int:
-    from indexer.catalog import migrate_catalog
-    from indexer.lock import exclusive_writer
+    from core.catalog import migrate_catalog
+    from core.lock import exclusive_writer
 
     config = _resolve_config(args, {})
     with exclusive_writer(config.data_dir, "indexer migrate", config.resolved_db_url):
@@ -286,8 +231,8 @@ def setup_calibrate(parser: argparse.ArgumentParser) -> None:
 
 
 def main_calibrate(args: argparse.Namespace) -> int:
+    from core.lock import exclusive_writer
     from indexer.calibrate import calibrate_collection, embed_with
-    from indexer.lock import exclusive_writer
     from indexer.summary import calibration_line
     from search.engine import SearchEngine
 
@@ -329,7 +274,6 @@ def main_calibrate(args: argparse.Namespace) -> int:
 
 # wiring ------------------------------------------------------------------------------------------
 
-Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
 COMMANDS: dict[str, Command] = {
     "build": ("index the photos under one or more folders (incremental)", setup_build, main_build),
@@ -354,25 +298,6 @@ EPILOG = """examples:
 """
 
 
-def command_parser(prog: str, description: str, epilog: str, commands: dict[str, Command]) -> argparse.ArgumentParser:
-    """An argparse parser with one subcommand per entry of ``commands`` (help, setup, main)."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (help_text, setup, handler) in commands.items():
-        sub = subparsers.add_parser(
-            name,
-            help=help_text,
-            description=help_text,
-            epilog=epilog,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        setup(sub)
-        sub.set_defaults(handler=handler)
-    return parser
-
-
 def build_parser() -> argparse.ArgumentParser:
     return command_parser(
         "python -m indexer",
@@ -380,38 +305,6 @@ def build_parser() -> argparse.ArgumentParser:
         EPILOG,
         COMMANDS,
     )
-
-
-def configure_logging(verbose: bool) -> None:
-    """Handlers are set here, in the entry point, and nowhere in library code."""
-    level = logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    # torch warns at import that a CUDA build found no CUDA runtime: expected on CPU machines.
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    # birder configures its own logger at import; LOG_LEVEL is the knob it reads.
-    os.environ.setdefault("LOG_LEVEL", "INFO" if verbose else "WARNING")
-
-
-def run_handler(args: argparse.Namespace) -> int:
-    """Run a subcommand's ``main``, turning library errors into a message and an exit code."""
-    configure_logging(args.verbose)
-    try:
-        code: int = args.handler(args)
-        return code
-    except LoupeError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_ERROR
-    except SQLAlchemyError as error:
-        detail = error.args[0] if error.args else error
-        print(f"error: catalog database: {error.__class__.__name__}: {detail}", file=sys.stderr)
-        return EXIT_ERROR
-    except OSError as error:
-        # Disk full, read-only data dir and the like: committed work is safe, say what failed.
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("interrupted: every finished batch is committed; run the same command again to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
 
 
 def main(argv: Sequence[str] | None = None) -> int:

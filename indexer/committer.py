@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 import torch
 
-from indexer.catalog import Catalog, FailedFile, FileOutcome, FileState, IndexedFile
-from indexer.decode import DecodeLimits
-from indexer.encoder import Embeddings, EncodedBatch, Encoder, PendingEncoding
-from indexer.patches import PatchGrids, pool_patches
-from indexer.reader import ReadResult, read_one
+from core.catalog import Catalog, FailedFile, FileOutcome, FileState, IndexedFile
+from core.decode import DecodeLimits
+from core.encoder import Embeddings, EncodedBatch, Encoder, PendingEncoding
+from core.patches import PatchGrids, pool_patches
+from core.reader import ReadResult, read_one
 
 if TYPE_CHECKING:
     from indexer.pipeline import BuildSummary

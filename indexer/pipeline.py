@@ -22,13 +22,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from indexer.calibrate import CalibrationOutcome, calibrate_if_due, embed_with
-from indexer.catalog import STATUS_FAILED, Catalog, FileState, Provenance, url_without_password
-from indexer.committer import BatchCommitter, PendingBatch
-from indexer.config import RESOLVED_CONFIG_FILE, LoupeConfig, dump_config
-from indexer.decode import DecodeLimits, supported_extensions
-from indexer.device_decode import GPU_JPEG_MIN_PIXELS
-from indexer.encoder import (
+from core.catalog import STATUS_FAILED, Catalog, FileState, Provenance, url_without_password
+from core.config import RESOLVED_CONFIG_FILE, LoupeConfig, dump_config
+from core.decode import DecodeLimits, supported_extensions
+from core.device_decode import GPU_JPEG_MIN_PIXELS
+from core.encoder import (
     Encoder,
     LoadedModel,
     load_model,
@@ -36,16 +34,18 @@ from indexer.encoder import (
     resolve_device,
     should_compile,
 )
-from indexer.image_threads import one_intra_op_thread
-from indexer.lock import exclusive_writer
-from indexer.metadata_store import backfill_metadata
-from indexer.patches import effective_grid
-from indexer.reader import PhotoDataset, ReadBatch, WorkItem, finish_on_device, make_loader, resolve_workers
-from indexer.scan import ExcludeGlobs, ScannedFile, resolve_roots, scan
-from indexer.vector_index import SyncReport, current_index, sync_index
-from indexer.vector_makers import current_maker, describe_device, record_maker
-from indexer.vector_source import PatchVectors
-from indexer.weights import weights_kind
+from core.image_threads import one_intra_op_thread
+from core.lock import exclusive_writer
+from core.metadata_store import backfill_metadata
+from core.patches import effective_grid
+from core.reader import PhotoDataset, ReadBatch, WorkItem, finish_on_device, make_loader, resolve_workers
+from core.scan import ExcludeGlobs, ScannedFile, resolve_roots, scan
+from core.vector_index import SyncReport, current_index, sync_index
+from core.vector_makers import current_maker, describe_device, record_maker
+from core.vector_source import PatchVectors
+from core.weights import weights_kind
+from indexer.calibrate import CalibrationOutcome, calibrate_if_due, embed_with
+from indexer.committer import BatchCommitter, PendingBatch
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Two Ray Data ``map_batches`` stages run over the files :func:`indexer.pipeline.plan_work` picked:
 
 - :class:`DecodeStage`, an autoscaling pool of CPU actors, reads, hashes and decodes each file exactly like
-  the local DataLoader workers (:func:`indexer.reader.read_one`); content already in the catalog is
+  the local DataLoader workers (:func:`core.reader.read_one`); content already in the catalog is
   hashed but not decoded, and a corrupt file becomes a recorded failure, not an exception.
 - :class:`EmbedStage`, a pool of actors that each load the model once (one GPU per actor when the
   cluster has GPUs), runs one forward pass per batch and sends back the embedding and the pooled patch
@@ -34,15 +34,15 @@ import numpy.typing as npt
 import torch
 
 import indexer
+from core.config import LoupeConfig, ModelConfig
+from core.decode import DecodeLimits
+from core.encoder import Encoder, LoadedModel, load_model, resolve_batch_size, resolve_device
+from core.errors import ConfigError, EngineError, EngineUnavailableError, LoupeError, WeightsError
+from core.patches import pool_patches
+from core.photo_metadata import PhotoMetadata
+from core.reader import ReadResult, WorkItem, read_one
+from core.weights import weights_kind
 from indexer.committer import BatchCommitter, ModelOutput
-from indexer.config import LoupeConfig, ModelConfig
-from indexer.decode import DecodeLimits
-from indexer.encoder import Encoder, LoadedModel, load_model, resolve_batch_size, resolve_device
-from indexer.errors import ConfigError, EngineError, EngineUnavailableError, LoupeError, WeightsError
-from indexer.patches import pool_patches
-from indexer.photo_metadata import PhotoMetadata
-from indexer.reader import ReadResult, WorkItem, read_one
-from indexer.weights import weights_kind
 
 if TYPE_CHECKING:
     import ray.data

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from indexer.report import RANDOM_WEIGHTS_WARNING, storage_line
+from core.report import RANDOM_WEIGHTS_WARNING, storage_line
 
 if TYPE_CHECKING:  # status and verify must not pay for importing torch
     from indexer.pipeline import BuildSummary

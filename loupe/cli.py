@@ -10,8 +10,8 @@ import argparse
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
+from core.command_line import Command, command_parser, run_handler
 from indexer import cli as indexer_cli
-from indexer.cli import Command, command_parser, run_handler
 from search import cli as search_cli
 from ui.launch import main_ui, setup_ui
 

@@ -8,7 +8,7 @@ removes bytes that exist nowhere else. Applying, completing an interrupted apply
 built on it, so each can be run again after a kill and carry on where the last run stopped.
 
 An action counts as done once its file change is complete; the catalog half is idempotent
-(:mod:`indexer.catalog_moves`), so finishing it twice changes nothing.
+(:mod:`core.catalog_moves`), so finishing it twice changes nothing.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from indexer.catalog import Catalog
-from indexer.catalog_moves import SavedRow, adopt_content, move_row, remove_row, restore_row, row_facts
-from indexer.errors import LoupeError
+from core.catalog import Catalog
+from core.catalog_moves import SavedRow, adopt_content, move_row, remove_row, restore_row, row_facts
+from core.errors import LoupeError
 from search.file_actions import (
     WouldOverwriteError,
     is_placeholder,

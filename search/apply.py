@@ -26,13 +26,13 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
-from indexer.catalog import STATUS_INDEXED, Catalog
-from indexer.catalog_moves import row_facts, save_row
-from indexer.config import LoupeConfig
-from indexer.errors import CatalogError, LoupeError
-from indexer.lock import exclusive_writer
-from indexer.vector_index import sync_index
-from indexer.vector_source import patch_vectors_of
+from core.catalog import STATUS_INDEXED, Catalog
+from core.catalog_moves import row_facts, save_row
+from core.config import LoupeConfig
+from core.errors import CatalogError, LoupeError
+from core.lock import exclusive_writer
+from core.vector_index import sync_index
+from core.vector_source import patch_vectors_of
 from search.action_steps import SAVES_ROW, ActionError, catalog_forward, do_file, settle
 from search.apply_plan import Plan, PlanItem
 from search.file_actions import fsync_dir, os_message, sha256_of
@@ -94,7 +94,7 @@ def apply_plan(
     plan: Plan, config: LoupeConfig, journal_path: Path | None = None, *, show_progress: bool = False
 ) -> ApplyReport:
     """Carry out ``plan`` on the collection of ``config``, journaling to ``journal_path`` (default: a new
-    file under ``<data dir>/journals``). Raises :class:`~indexer.lock.BuildLockedError` while a build runs,
+    file under ``<data dir>/journals``). Raises :class:`~core.lock.BuildLockedError` while a build runs,
     :class:`~search.journal.JournalError` when the journal cannot be created."""
     data_dir = config.data_dir
     with exclusive_writer(data_dir, f"search duplicates --apply {plan.action}", config.resolved_db_url):

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from indexer.cli import EXIT_OK, EXIT_PROBLEMS, add_collection_arguments, resolve_command_settings
-from indexer.config import LoupeConfig
+from core.command_line import EXIT_OK, EXIT_PROBLEMS, add_collection_arguments, resolve_command_settings
+from core.config import LoupeConfig
 
 
 def add_apply_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,7 +77,7 @@ def apply_duplicates(args: argparse.Namespace, config: LoupeConfig, groups: Sequ
 def undo_command(args: argparse.Namespace, journal: Path) -> str:
     """The command that undoes an apply journaled in ``journal`` (``loupe undo`` when run as ``loupe``),
     with the collection flags given."""
-    from indexer.catalog import redact_url
+    from core.catalog import redact_url
 
     command = "loupe" if Path(sys.argv[0]).name == "loupe" else "python -m search"
     words = [f"{command} undo", str(journal)]

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from indexer.errors import LoupeError
+from core.errors import LoupeError
 
 if TYPE_CHECKING:  # only types: parsing an --apply value must not import FAISS
     from search.duplicates import DuplicateGroup, DuplicateMember

@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
-from indexer.cli import (
+from core.command_line import (
     EXIT_OK,
     Command,
     add_collection_arguments,
@@ -25,9 +25,9 @@ from indexer.cli import (
     resolve_command_settings,
     run_handler,
 )
-from indexer.config import LoupeConfig, RobustConfig
-from indexer.errors import LoupeError
-from indexer.report import RANDOM_WEIGHTS_WARNING
+from core.config import LoupeConfig, RobustConfig
+from core.errors import LoupeError
+from core.report import RANDOM_WEIGHTS_WARNING
 from search.apply_cli import add_apply_arguments, apply_duplicates, main_undo, setup_undo
 from search.decisions_cli import add_decision_arguments, run_decision, wants_decision
 

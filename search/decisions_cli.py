@@ -1,5 +1,5 @@
 """``python -m search duplicates --dismiss/--undismiss/--keep/--unkeep/--decisions``: record or list the
-curator's decisions about duplicates (:mod:`indexer.duplicate_decisions`), print what was stored, exit.
+curator's decisions about duplicates (:mod:`core.duplicate_decisions`), print what was stored, exit.
 
 They open the catalog as readers do (an out-of-date schema is refused with the command that upgrades it)
 and write only the decisions table, so they run while a build runs.
@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from indexer.catalog import Catalog
-from indexer.config import LoupeConfig
-from indexer.duplicate_decisions import (
+from core.catalog import Catalog
+from core.config import LoupeConfig
+from core.duplicate_decisions import (
     DISMISS,
     DecisionError,
     Pair,

@@ -25,13 +25,13 @@ import numpy.typing as npt
 import yaml
 from PIL import Image
 
-from indexer.calibration_store import Calibration, current_calibration
-from indexer.catalog import Catalog, PhotoRecord, Provenance
-from indexer.config import RESOLVED_CONFIG_FILE, LoupeConfig, ModelConfig, config_from_mapping
-from indexer.decode import DecodeLimits, decode_image, read_image_bytes
-from indexer.errors import ConfigError, DecodeError, LoupeError, ProvenanceMismatchError
-from indexer.vector_index import IndexMeta, current_index, index_dir, read_meta
-from indexer.vector_source import PatchVectors
+from core.calibration_store import Calibration, current_calibration
+from core.catalog import Catalog, PhotoRecord, Provenance
+from core.config import RESOLVED_CONFIG_FILE, LoupeConfig, ModelConfig, config_from_mapping
+from core.decode import DecodeLimits, decode_image, read_image_bytes
+from core.errors import ConfigError, DecodeError, LoupeError, ProvenanceMismatchError
+from core.vector_index import IndexMeta, current_index, index_dir, read_meta
+from core.vector_source import PatchVectors
 
 logger = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ class SearchEngine:
     def _get_encoder(self) -> Any:
         with self._lock:
             if self._encoder is None:
-                from indexer.encoder import Encoder, load_model, resolve_device
+                from core.encoder import Encoder, load_model, resolve_device
 
                 device = resolve_device(self.config.runtime.device)
                 model = load_model(_model_config_for(self.config, self.provenance), device)
@@ -275,19 +275,19 @@ class SearchEngine:
 
     def batch_size(self) -> int:
         """Photos per forward pass for batched queries (``runtime.batch_size``, 0 = automatic)."""
-        from indexer.encoder import resolve_batch_size
+        from core.encoder import resolve_batch_size
 
         encoder = self._get_encoder()
         return resolve_batch_size(self.config.runtime.batch_size, encoder.model, encoder.device)
 
     def decode_workers(self) -> int:
         """Decode worker processes for batched queries (``runtime.workers``, -1 = automatic)."""
-        from indexer.reader import resolve_workers
+        from core.reader import resolve_workers
 
         return resolve_workers(self.config.runtime.workers, self._get_encoder().device)
 
     def encode_pixels(self, pixels: Any) -> Vector:
-        """Embed a ``[B, 3, S, S]`` uint8 batch (from :func:`indexer.preprocess.model_pixels`)."""
+        """Embed a ``[B, 3, S, S]`` uint8 batch (from :func:`core.preprocess.model_pixels`)."""
         # A forward pass in inference mode changes no module state, so threads may encode concurrently.
         embeddings: Vector = self._get_encoder().encode(pixels).embeddings
         return embeddings
@@ -296,7 +296,7 @@ class SearchEngine:
         """Unit vectors ``[B, D]`` and pooled patch grids ``[B, g, g, D]`` (None when the index has no
         patches) of a ``[B, 3, S, S]`` uint8 batch, in one encoder call: one image as a fast query pass
         (:meth:`Encoder.encode_query`), several (a query's flips and rotations) as one batch."""
-        from indexer.patches import pool_patches
+        from core.patches import pool_patches
 
         encoder = self._get_encoder()
         encoded = encoder.encode_query(pixels) if len(pixels) == 1 else encoder.encode(pixels)
@@ -306,7 +306,7 @@ class SearchEngine:
     def encode_image(self, image: Image.Image, sha256: str | None = None) -> QueryImage:
         """Encode an RGB-convertible PIL image with the indexer's preprocessing and model (patch grid
         included when the index has patches), as one fast query pass (:meth:`Encoder.encode_query`)."""
-        from indexer.preprocess import model_pixels
+        from core.preprocess import model_pixels
 
         pixels = model_pixels(image.convert("RGB"), self.provenance.image_size).unsqueeze(0)
         vectors, grids = self.encode_model_pixels(pixels)

@@ -21,7 +21,7 @@ import os
 import shutil
 from pathlib import Path
 
-from indexer.errors import LoupeError
+from core.errors import LoupeError
 
 logger = logging.getLogger(__name__)
 

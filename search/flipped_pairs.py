@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from indexer.errors import LoupeError
+from core.errors import LoupeError
 from search.engine import MatchKind, SearchEngine
 from search.robust import VARIANTS
 
@@ -68,7 +68,7 @@ def flipped_pairs(
 ) -> FlippedPairs:
     """Every pair in which one of ``variants`` of an indexed photo scores at least ``threshold`` against
     another photo among its ``neighbours`` nearest; ``progress`` is called with each chunk's photo count."""
-    from indexer.preprocess import model_pixels
+    from core.preprocess import model_pixels
 
     index, _ = engine.current()
     ids, _ = engine.catalog.indexed_ids()

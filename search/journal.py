@@ -30,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from indexer.errors import LoupeError
+from core.errors import LoupeError
 from search.file_actions import fsync_dir
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Which photo of a duplicate group to keep: an ordered, configurable list of rules.
 
-A pinned keeper (``duplicates --keep``, :mod:`indexer.duplicate_decisions`) comes before every rule, the
+A pinned keeper (``duplicates --keep``, :mod:`core.duplicate_decisions`) comes before every rule, the
 most recently pinned first. Then the rules of ``search.keeper_rules``, in their order, each deciding only
 between photos the rules before it found equal:
 
@@ -34,10 +34,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from indexer.catalog import PhotoRecord
-from indexer.config import KEEPER_RULE_NAMES, SearchConfig
-from indexer.errors import ConfigError
-from indexer.photo_metadata import WEBP_LOSSLESS
+from core.catalog import PhotoRecord
+from core.config import KEEPER_RULE_NAMES, SearchConfig
+from core.errors import ConfigError
+from core.photo_metadata import WEBP_LOSSLESS
 
 logger = logging.getLogger(__name__)
 

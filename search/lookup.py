@@ -14,10 +14,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from indexer.config import RobustConfig
-from indexer.decode import DecodeLimits, supported_extensions
-from indexer.reader import PhotoDataset, WorkItem, make_loader
-from indexer.scan import scan
+from core.config import RobustConfig
+from core.decode import DecodeLimits, supported_extensions
+from core.reader import PhotoDataset, WorkItem, make_loader
+from core.scan import scan
 from search.engine import SearchEngine, SearchResult
 from search.robust import encode_variants, robust_results, variant_names
 

@@ -6,7 +6,7 @@
 2. Candidates: each query cell searches the patch index; a photo's candidate score is the sum over
    query cells of its best cell match, so photos matching many parts of the region rise.
 3. Re-ranking from the stored grids of the best candidates (compact codes whose inner products estimate
-   the original cells' without bias, :mod:`indexer.grid_codes`): the query's block of cells is slid
+   the original cells' without bias, :mod:`core.grid_codes`): the query's block of cells is slid
    over the candidate's grid at seven scales (0.5x to 2x, corrected for both photos' aspect ratios,
    since each is squashed to a square); a placement scores the coverage-weighted mean similarity of
    the cells it aligns. The best placement is the match; the query box, carried through it, is the
@@ -32,11 +32,11 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from indexer.catalog import Catalog, StoredGrid
-from indexer.config import PatchConfig
-from indexer.errors import CatalogError
-from indexer.grid_codes import grid_codes, rotate, rotated_cells
-from indexer.vector_source import decode_cell_ids
+from core.catalog import Catalog, StoredGrid
+from core.config import PatchConfig
+from core.errors import CatalogError
+from core.grid_codes import grid_codes, rotate, rotated_cells
+from core.vector_source import decode_cell_ids
 from search.engine import QueryError, SearchEngine
 from search.region_batch import Reranked, rank_candidates, rerank
 

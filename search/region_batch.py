@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from indexer.catalog import StoredGrid
-from indexer.errors import CatalogError
-from indexer.grid_codes import BYTE_TRITS, COSINE_FLOOR, COSINE_STEPS, TRITS_PER_BYTE, grid_codes
+from core.catalog import StoredGrid
+from core.errors import CatalogError
+from core.grid_codes import BYTE_TRITS, COSINE_FLOOR, COSINE_STEPS, TRITS_PER_BYTE, grid_codes
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ _NONZERO_TRITS = np.count_nonzero(BYTE_TRITS, axis=1).astype(np.int32)
 
 def code_similarities(stored: Sequence[StoredGrid], query: Grid) -> Grid:
     """Inner products of every cell of the stored grids (all of one size) with each rotated query cell
-    (``[q, dim]``): ``[n, q, g * g]``, equal to those of :func:`indexer.grid_codes.rotated_cells`.
+    (``[q, dim]``): ``[n, q, g * g]``, equal to those of :func:`core.grid_codes.rotated_cells`.
 
     The trits go through the matrix product as they are; each cell's scale (1 / (trit norm * cosine))
     is applied to its few products afterwards instead of to its ``dim`` values."""

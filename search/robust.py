@@ -36,8 +36,8 @@ import numpy.typing as npt
 import torch
 from PIL import Image
 
-from indexer.config import RobustConfig
-from indexer.grid_codes import rotate
+from core.config import RobustConfig
+from core.grid_codes import rotate
 from search.engine import Box, MatchKind, QueryImage, SearchEngine, SearchResult, match_label
 from search.region import CellBlock, best_placement, matched_box, stored_cells
 
@@ -50,7 +50,7 @@ PixelTransform = Callable[[torch.Tensor], torch.Tensor]
 # up to a quarter of the photo does not pull the score down.
 LOCAL_KEEP = 0.75
 # A local score replaces a global one only when higher by more than this: an exact copy's stored cells
-# estimate their similarity to the query's to about 1e-3 (indexer.grid_codes), and it stays ``global``.
+# estimate their similarity to the query's to about 1e-3 (core.grid_codes), and it stays ``global``.
 LOCAL_MARGIN = 1e-3
 # A flip or rotation replaces the query as it is only when it scores this much higher: every variant of
 # a query nudges every photo's score a little (random weights: by up to ~0.01), a real mirrored or turned
@@ -231,7 +231,7 @@ def search_image_robust(
     k = k or engine.config.search.default_k
     if not settings.flips_and_rotations and not settings.local_verification:
         return engine.search_image(image, k, **filters)
-    from indexer.preprocess import model_pixels
+    from core.preprocess import model_pixels
 
     decoded = engine.decode_query(image)
     pixels = model_pixels(decoded.image, engine.provenance.image_size).unsqueeze(0)

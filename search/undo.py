@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from indexer.catalog import Catalog
-from indexer.config import LoupeConfig
-from indexer.errors import CatalogError
-from indexer.lock import exclusive_writer
+from core.catalog import Catalog
+from core.config import LoupeConfig
+from core.errors import CatalogError
+from core.lock import exclusive_writer
 from search.action_steps import ActionError, UndoRefusedError, catalog_backward, settle, undo_file
 from search.apply import sync_after_error, sync_indexes
 from search.file_actions import os_message, sha256_of

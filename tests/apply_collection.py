@@ -26,10 +26,10 @@ import pytest
 from PIL import Image
 from sqlalchemy import text
 
-from indexer.catalog import Catalog, path_from_db
-from indexer.config import LoupeConfig
+from core.catalog import Catalog, path_from_db
+from core.config import LoupeConfig
+from core.report import verify_collection
 from indexer.pipeline import BuildSummary, run_build
-from indexer.report import verify_collection
 from search.apply_plan import Plan, parse_action, plan_actions
 from search.duplicates import find_duplicate_groups
 from search.engine import SearchEngine

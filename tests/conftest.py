@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import pytest
 import torch
 
-from indexer.config import LoupeConfig, with_overrides
-from indexer.encoder import LoadedModel, load_model
-from indexer.image_threads import one_intra_op_thread
+from core.config import LoupeConfig, with_overrides
+from core.encoder import LoadedModel, load_model
+from core.image_threads import one_intra_op_thread
+from core.settings import ENVIRONMENT_VARIABLES
 from indexer.pipeline import run_build
-from indexer.settings import ENVIRONMENT_VARIABLES
 from tests.pg_server import REQUIRE_ENV, PostgresServer, ServerUnavailableError
 
 if TYPE_CHECKING:

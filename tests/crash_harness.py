@@ -15,9 +15,9 @@
 
 Phases, each hooked where the work really happens rather than where the pipeline calls it:
 
-    scan          after the N-th file is stat'ed by the scan (indexer.scan._stat_file)
+    scan          after the N-th file is stat'ed by the scan (core.scan._stat_file)
     decode        after the N-th image's pixels are decoded (PIL ImageFile.load)
-    inference     after the N-th forward pass returned (indexer.encoder.Encoder._embed_pixels: one per
+    inference     after the N-th forward pass returned (core.encoder.Encoder._embed_pixels: one per
                   photo on the CPU)
     commit        at the N-th database COMMIT, its rows flushed but not yet committed (SQLAlchemy event)
     index-write   after the N-th FAISS file is written to its temporary name, which is then cut to half
@@ -38,7 +38,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from indexer.image_threads import one_intra_op_thread
+from core.image_threads import one_intra_op_thread
 
 PHASES = ("scan", "decode", "inference", "commit", "index-write", "none")
 REPO = Path(__file__).resolve().parents[1]
@@ -139,17 +139,17 @@ def _install(calls_log: Path, trigger: _Trigger) -> None:
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
-    import indexer.scan
-    from indexer.encoder import Encoder
+    import core.scan
+    from core.encoder import Encoder
 
-    stat_file = indexer.scan._stat_file
+    stat_file = core.scan._stat_file
 
     def counted_stat_file(path: Path) -> Any:
         result = stat_file(path)
         trigger.reached("scan")
         return result
 
-    indexer.scan._stat_file = counted_stat_file
+    core.scan._stat_file = counted_stat_file
 
     load = ImageFile.ImageFile.load
 
@@ -220,7 +220,6 @@ def serve() -> None:
     import sqlalchemy  # noqa: F401
 
     import indexer.cli
-    import indexer.encoder
     import indexer.pipeline  # noqa: F401
 
     print(json.dumps({"ready": os.getpid()}), flush=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.lock import BuildLockedError, exclusive_writer
+from core.lock import BuildLockedError, exclusive_writer
 from search import file_actions
 from search.apply import apply_plan
 from search.cli import main as search_main
@@ -323,6 +323,6 @@ def test_on_a_postgresql_catalog(tmp_path: Path, request: pytest.FixtureRequest)
 
 
 def verify_ok(collection: Collection) -> bool:
-    from indexer.report import verify_collection
+    from core.report import verify_collection
 
     return verify_collection(collection.config).problems == []

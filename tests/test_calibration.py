@@ -13,19 +13,19 @@ import pytest
 import torch
 from PIL import Image
 
-from indexer.calibrate import calibrate_if_due, embed_with, measure_scores
-from indexer.calibration import fit_threshold, precision_at
-from indexer.calibration_store import (
+from core.calibration_store import (
     Calibration,
     calibration_due,
     current_calibration,
     describe_threshold,
     save_calibration,
 )
-from indexer.catalog import Catalog
-from indexer.encoder import Encoder, LoadedModel
+from core.catalog import Catalog
+from core.encoder import Encoder, LoadedModel
+from core.report import collection_status
+from indexer.calibrate import calibrate_if_due, embed_with, measure_scores
+from indexer.calibration import fit_threshold, precision_at
 from indexer.pipeline import run_build
-from indexer.report import collection_status
 from indexer.summary import status_lines
 from loupe.cli import main as loupe_main
 from search.engine import SearchEngine
@@ -219,7 +219,7 @@ def test_a_small_collection_keeps_the_config_default(photo_dir: Path, tmp_path: 
 def test_saved_calibrations_latest_first(tmp_path: Path) -> None:
     catalog = Catalog.open(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
     try:
-        from indexer.catalog import Provenance
+        from core.catalog import Provenance
 
         provenance = Provenance("net", "random", "a" * 64, "random", 64, 384, "squash")
         assert current_calibration(catalog, provenance) is None
@@ -252,7 +252,7 @@ def test_a_sample_that_cannot_be_read_back_does_not_fail_the_build(
     collection: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import indexer.calibrate
-    from indexer.errors import DecodeError
+    from core.errors import DecodeError
 
     def unreadable(path: Path, *args: object, **kwargs: object) -> None:
         raise DecodeError("truncated", f"{path} was cut short")

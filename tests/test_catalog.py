@@ -13,10 +13,10 @@ import pytest
 from alembic import command
 from sqlalchemy import create_engine, text
 
-from indexer import grid_codes, schema
-from indexer.catalog import Catalog, FailedFile, IndexedFile, Provenance, redact_url
+from core import grid_codes, schema
+from core.catalog import Catalog, FailedFile, IndexedFile, Provenance, redact_url
+from core.errors import CatalogError
 from indexer.cli import main as indexer_main
-from indexer.errors import CatalogError
 
 DIM = 8
 GRID = 2
@@ -200,7 +200,7 @@ def test_a_schema_1_catalog_is_upgraded_in_place(tmp_path: Path, db_url: str | N
 
 def test_a_current_catalog_from_before_migrations_is_read_and_stamped(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'v2.sqlite'}"
-    from indexer.catalog import Base
+    from core.catalog import Base
 
     engine = create_engine(url)
     # How Loupe made schema-2 catalogs before it used Alembic: every table of the time, with the columns of

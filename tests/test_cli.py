@@ -23,9 +23,9 @@ from PIL import Image
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from core.config import ModelConfig
+from core.weights import pretrained_file
 from indexer.cli import main as indexer_main
-from indexer.config import ModelConfig
-from indexer.weights import pretrained_file
 from tests.conftest import TEST_IMAGE_SIZE, call_in_process
 
 pytestmark = pytest.mark.slow

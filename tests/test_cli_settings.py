@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from core.locations import user_data_dir, user_models_dir
 from indexer.cli import main as indexer_main
-from indexer.locations import user_data_dir, user_models_dir
 from search.cli import main as search_main
 from tests.conftest import TEST_IMAGE_SIZE, call_in_process
 

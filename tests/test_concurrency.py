@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer.lock import BuildLockedError
+from core.lock import BuildLockedError
 from indexer.pipeline import run_build
 from search.engine import SearchEngine
 from tests.conftest import PHOTOS, TEST_IMAGE_SIZE, open_app, small_config

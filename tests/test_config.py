@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from indexer.config import LoupeConfig, config_from_mapping, dump_config, load_config, with_overrides
-from indexer.errors import ConfigError
+from core.config import LoupeConfig, config_from_mapping, dump_config, load_config, with_overrides
+from core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""Tests for indexer.decode: every image is generated here (in memory or tmp_path) with PIL and numpy."""
+"""Tests for core.decode: every image is generated here (in memory or tmp_path) with PIL and numpy."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps, features
 
-from indexer.decode import (
+from core.decode import (
     DecodeLimits,
     _to_rgb,
     decode_image,
@@ -25,7 +25,7 @@ from indexer.decode import (
     read_image_bytes,
     supported_extensions,
 )
-from indexer.errors import DecodeError
+from core.errors import DecodeError
 
 LIMITS = DecodeLimits(max_pixels=50_000_000, max_file_bytes=50 * 2**20)
 RED = (255, 0, 0)

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from indexer.decode import _ORIENTATION_TRANSPOSE, DecodeLimits
-from indexer.device_decode import decode_on_device, jpeg_for_device, orient
-from indexer.encoder import Encoder, LoadedModel
-from indexer.reader import ReadResult, WorkItem, collate, finish_on_device, read_one
+from core.decode import _ORIENTATION_TRANSPOSE, DecodeLimits
+from core.device_decode import decode_on_device, jpeg_for_device, orient
+from core.encoder import Encoder, LoadedModel
+from core.reader import ReadResult, WorkItem, collate, finish_on_device, read_one
 from tests.conftest import TEST_IMAGE_SIZE
 
 LIMITS = DecodeLimits(max_pixels=50_000_000, max_file_bytes=1 << 30)
@@ -99,7 +99,7 @@ def test_device_batch_embeds_like_the_cpu_path(tmp_path: Path, random_model: Loa
 
 
 def test_a_jpeg_the_device_rejects_goes_through_the_cpu_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import indexer.reader
+    import core.reader
 
     good = _jpeg(_photo())
     # A valid header whose entropy-coded data is cut short: the header parses, the pixels do not.
@@ -117,7 +117,7 @@ def test_a_jpeg_the_device_rejects_goes_through_the_cpu_path(tmp_path: Path, mon
         cpu_reads.append(Path(item.path).name)
         return read_one(item, *args, **kwargs)
 
-    monkeypatch.setattr(indexer.reader, "read_one", recorded_read_one)
+    monkeypatch.setattr(core.reader, "read_one", recorded_read_one)
     finished = finish_on_device(deferred, TEST_IMAGE_SIZE, LIMITS, CPU)
     assert cpu_reads == ["cut.jpg"]  # the fallback ran, for the rejected file only
     good_result, cut_result = finished.results

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from benchmarks.synthetic_catalog import fill_catalog, synthetic_config
-from indexer.catalog import Catalog, IndexedFile, PhotoRecord, Provenance
-from indexer.duplicate_decisions import (
+from core.catalog import Catalog, IndexedFile, PhotoRecord, Provenance
+from core.duplicate_decisions import (
     DecisionError,
     Decisions,
     NotInCatalogError,

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from indexer.config import ModelConfig
-from indexer.encoder import (
+from core.config import ModelConfig
+from core.encoder import (
     Encoder,
     LoadedModel,
     cpu_bf16_units,
@@ -18,8 +18,8 @@ from indexer.encoder import (
     resolve_precision,
     should_compile,
 )
-from indexer.errors import ConfigError
-from indexer.preprocess import model_pixels, normalize
+from core.errors import ConfigError
+from core.preprocess import model_pixels, normalize
 from tests.conftest import OTHER_MEAN, OTHER_STD, PHOTOS, TEST_IMAGE_SIZE
 
 
@@ -175,7 +175,7 @@ def test_compiled_encoder_matches_eager(random_model: LoadedModel) -> None:
 
 
 def test_automatic_decode_workers_follow_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
-    from indexer.reader import resolve_workers
+    from core.reader import resolve_workers
 
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     assert resolve_workers(-1, torch.device("cuda")) == 15

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.heap import keep_freed_memory
+from core.heap import keep_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # sizes; it prints the page faults of its last 30 rounds (the process's: nothing else runs meanwhile).
 WORKLOAD = """
 import resource, sys, threading, torch
-from indexer.heap import keep_freed_memory
+from core.heap import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 torch.set_num_threads(2)  # both cores write each tensor, as in a whole-batch pass

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer.catalog import path_from_db
+from core.catalog import path_from_db
 from tests.conftest import TEST_IMAGE_SIZE
 from tests.crash_harness import HARNESS_FILE, harness_env, one_torch_thread
 from tests.test_decode import _ycck_jpeg
@@ -332,8 +332,8 @@ NOBODY = 65534
 def test_unreadable_file_for_a_non_root_user_is_permission_denied(request: pytest.FixtureRequest) -> None:
     """Root reads mode-000 files (so the corpus build indexes one); any other user gets a specific failure.
     As root, the reader runs in a forked child that drops to ``nobody`` first."""
-    from indexer.decode import DecodeLimits
-    from indexer.reader import WorkItem, read_one
+    from core.decode import DecodeLimits
+    from core.reader import WorkItem, read_one
 
     # Not under tmp_path, whose parents are private to root on purpose.
     folder = Path(tempfile.mkdtemp(prefix="loupe-perm-"))

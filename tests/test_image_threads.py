@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from indexer.encoder import Encoder, LoadedModel
-from indexer.image_threads import ImageThreads, idle_threads, one_intra_op_thread, resolve_parallel_images
-from indexer.preprocess import model_pixels
+from core.encoder import Encoder, LoadedModel
+from core.image_threads import ImageThreads, idle_threads, one_intra_op_thread, resolve_parallel_images
+from core.preprocess import model_pixels
 from tests.conftest import PHOTOS, TEST_IMAGE_SIZE
 
 CPU = torch.device("cpu")

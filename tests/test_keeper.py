@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from indexer.catalog import PhotoRecord
-from indexer.config import KEEPER_RULE_NAMES, SearchConfig, config_from_mapping
-from indexer.errors import ConfigError
+from core.catalog import PhotoRecord
+from core.config import KEEPER_RULE_NAMES, SearchConfig, config_from_mapping
+from core.errors import ConfigError
 from search.keeper import FORMAT_TIERS, KeeperPolicy, capture_key, format_rank
 
 # 2019-07-01 local time, as a file's mtime

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from indexer.lock import LOCK_FILE, BuildLockedError, exclusive_writer
+from core.lock import LOCK_FILE, BuildLockedError, exclusive_writer
 from indexer.pipeline import run_build
 from tests.conftest import small_config
 
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from indexer.lock import exclusive_writer
+from core.lock import exclusive_writer
 with exclusive_writer(Path(sys.argv[1]), "test holder", sys.argv[2] if len(sys.argv) > 2 else None):
     print("locked", flush=True)
     time.sleep(120)

@@ -184,7 +184,7 @@ def test_loupe_ui_refuses_a_reachable_address_unless_the_config_allows_it(
 def test_the_wheel_ships_the_command_the_app_its_pages_and_the_migrations(tmp_path: Path) -> None:
     """A plain ``pip install .`` installs the wheel: build one from a copy of the sources (no network)."""
     source = tmp_path / "source"
-    for package in ("loupe", "indexer", "search", "ui"):
+    for package in ("loupe", "core", "indexer", "search", "ui"):
         shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
@@ -197,9 +197,10 @@ def test_the_wheel_ships_the_command_the_app_its_pages_and_the_migrations(tmp_pa
     app = ui.launch.APP.relative_to(REPO).as_posix()
     pages = re.findall(r'st\.Page\("([^"]+)"', ui.launch.APP.read_text(encoding="utf-8"))
     assert app in names and pages and {f"ui/{page}" for page in pages} <= names
-    assert {"loupe/__main__.py", "loupe/cli.py", "ui/launch.py", "ui/serving.py", "ui/state.py"} <= names
-    migrations = {p.relative_to(REPO).as_posix() for p in (REPO / "indexer" / "migrations").rglob("*.py")}
-    assert migrations | {"indexer/migrations/script.py.mako"} <= names
+    shipped = {"loupe/cli.py", "core/config.py", "indexer/pipeline.py", "ui/launch.py", "ui/state.py"}
+    assert shipped <= names
+    migrations = {p.relative_to(REPO).as_posix() for p in (REPO / "core" / "migrations").rglob("*.py")}
+    assert migrations | {"core/migrations/script.py.mako"} <= names
     assert not any(name.startswith("tests/") for name in names)
     assert re.search(r"^loupe = loupe\.cli:main$", entry_points, flags=re.MULTILINE)
     assert re.search(r"^loupe-indexer = indexer\.cli:main$", entry_points, flags=re.MULTILINE)

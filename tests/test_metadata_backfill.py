@@ -16,12 +16,12 @@ from alembic import command
 from PIL import ExifTags, Image
 from sqlalchemy import create_engine, inspect, text
 
-from indexer import schema
-from indexer.catalog import Catalog, IndexedFile, Provenance
+from core import schema
+from core.catalog import Catalog, IndexedFile, Provenance
+from core.encoder import Encoder
+from core.errors import CatalogError
+from core.metadata_store import backfill_metadata, count_unread, metadata_counts
 from indexer.cli import main as indexer_main
-from indexer.encoder import Encoder
-from indexer.errors import CatalogError
-from indexer.metadata_store import backfill_metadata, count_unread, metadata_counts
 from indexer.pipeline import run_build
 from tests.conftest import PHOTOS, small_config
 

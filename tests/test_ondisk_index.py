@@ -12,11 +12,11 @@ import faiss
 import numpy as np
 import pytest
 
-from indexer import vector_index
-from indexer.catalog import Catalog, IndexedFile, Provenance
-from indexer.config import IndexConfig, LoupeConfig
-from indexer.report import collection_status, storage_line
-from indexer.vector_index import (
+from core import vector_index
+from core.catalog import Catalog, IndexedFile, Provenance
+from core.config import IndexConfig, LoupeConfig
+from core.report import collection_status, storage_line
+from core.vector_index import (
     META_FILE,
     IndexSpec,
     _empty_copy,
@@ -33,7 +33,7 @@ from indexer.vector_index import (
     trained_index,
     write_shards,
 )
-from indexer.vector_source import GlobalVectors, PatchVectors, decode_cell_ids
+from core.vector_source import GlobalVectors, PatchVectors, decode_cell_ids
 from search.engine import SearchEngine
 from tests.test_vector_index import DIM, _add, _catalog, _clustered, _recall_at_10
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from indexer.patches import effective_grid, pool_patches
+from core.patches import effective_grid, pool_patches
 
 
 def _tokens(batch: int, side: int, dim: int = 24) -> torch.Tensor:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import ExifTags, Image
 
-from indexer.decode import DecodeLimits, decode_image, supported_formats
-from indexer.photo_metadata import (
+from core.decode import DecodeLimits, decode_image, supported_formats
+from core.photo_metadata import (
     WEBP_LOSSLESS,
     PhotoMetadata,
     metadata_from_bytes,
@@ -111,7 +111,7 @@ def test_an_unreadable_file_is_an_os_error(tmp_path: Path) -> None:
 
 
 def test_jpegs_left_for_the_gpu_decoder_carry_their_metadata_too(tmp_path: Path) -> None:
-    from indexer.reader import WorkItem, read_one
+    from core.reader import WorkItem, read_one
 
     path = tmp_path / "camera.jpg"
     path.write_bytes(_encode("JPEG", _exif()))

@@ -9,10 +9,10 @@ import pytest
 from PIL import Image, ImageOps
 from sqlalchemy.engine import make_url
 
-from indexer.catalog import Catalog, bytes_to_vector
-from indexer.errors import ProvenanceMismatchError
+from core.catalog import Catalog, bytes_to_vector
+from core.errors import ProvenanceMismatchError
+from core.vector_index import check_index, index_dir, load_index
 from indexer.pipeline import BuildSummary, run_build
-from indexer.vector_index import check_index, index_dir, load_index
 from tests.conftest import small_config
 
 N_PHOTOS = 12
@@ -184,7 +184,7 @@ def test_decode_workers_give_the_same_vectors_as_in_process(photo_dir: Path, tmp
 
 def test_stored_vectors_round_trip_bytes() -> None:
     vector = np.random.default_rng(0).standard_normal(384).astype(np.float32)
-    from indexer.catalog import vector_to_bytes
+    from core.catalog import vector_to_bytes
 
     assert np.array_equal(bytes_to_vector(vector_to_bytes(vector), 384), vector)
 

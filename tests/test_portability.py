@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from indexer import vector_index
-from indexer.encoder import resolve_device
-from indexer.errors import ConfigError
-from indexer.lock import LOCK_FILE, MSVCRT_LOCK_OFFSET, BuildLockedError, exclusive_writer, lock_calls
+from core import vector_index
+from core.encoder import resolve_device
+from core.errors import ConfigError
+from core.lock import LOCK_FILE, MSVCRT_LOCK_OFFSET, BuildLockedError, exclusive_writer, lock_calls
 from search.engine import folder_prefix
 
 

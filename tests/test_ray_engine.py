@@ -23,12 +23,15 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from indexer.catalog import Catalog
-from indexer.decode import DecodeLimits
-from indexer.encoder import Encoder, LoadedModel
-from indexer.errors import ConfigError, EngineError, EngineUnavailableError, WeightsError
-from indexer.patches import pool_patches
-from indexer.photo_metadata import PhotoMetadata
+from core.catalog import Catalog
+from core.decode import DecodeLimits
+from core.encoder import Encoder, LoadedModel
+from core.errors import ConfigError, EngineError, EngineUnavailableError, WeightsError
+from core.patches import pool_patches
+from core.photo_metadata import PhotoMetadata
+from core.reader import ReadResult, WorkItem, read_one
+from core.vector_index import check_index
+from core.vector_source import patch_vectors_of
 from indexer.pipeline import BuildSummary, run_build
 from indexer.ray_engine import (
     DecodeStage,
@@ -42,9 +45,6 @@ from indexer.ray_engine import (
     require_ray,
     results_to_batch,
 )
-from indexer.reader import ReadResult, WorkItem, read_one
-from indexer.vector_index import check_index
-from indexer.vector_source import patch_vectors_of
 from search.engine import SearchEngine
 from tests.conftest import PHOTOS, RAY_REQUIRE_ENV, required_module, small_config
 
@@ -363,10 +363,10 @@ def test_a_model_actor_with_other_weights_refuses_to_embed(random_model: LoadedM
 
 def test_ray_failures_become_typed_errors(ray: ModuleType) -> None:
     remote = ray.exceptions.ActorDiedError()
-    remote.error_msg = "The actor died...\n  File x\nindexer.errors.WeightsError: weights differ"  # type: ignore[attr-defined]
+    remote.error_msg = "The actor died...\n  File x\ncore.errors.WeightsError: weights differ"  # type: ignore[attr-defined]
     error = _engine_error(remote)
     assert isinstance(error, EngineError)
-    assert str(error) == "the Ray engine failed: indexer.errors.WeightsError: weights differ"
+    assert str(error) == "the Ray engine failed: core.errors.WeightsError: weights differ"
 
 
 def test_known_hashes_answer_like_a_set() -> None:

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer.catalog import Catalog
+from core.catalog import Catalog
+from core.report import collection_status
+from core.vector_index import check_index, index_dir, index_ids, load_index
+from core.vector_source import CELL_ID_BASE, PatchVectors, decode_cell_ids, encode_cell_ids
 from indexer.pipeline import run_build
-from indexer.report import collection_status
-from indexer.vector_index import check_index, index_dir, index_ids, load_index
-from indexer.vector_source import CELL_ID_BASE, PatchVectors, decode_cell_ids, encode_cell_ids
 from search.engine import QueryError, SearchEngine
 from search.region import CellBlock, Placement, best_placement, cells_under_box, matched_box, search_region
 from tests.conftest import PHOTOS, small_config

@@ -6,8 +6,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from indexer.catalog import StoredGrid
-from indexer.grid_codes import encode_grid, rotate
+from core.catalog import StoredGrid
+from core.grid_codes import encode_grid, rotate
 from search.region import SCALES, CellBlock, best_placement, cell_coverage, stored_cells
 from search.region_batch import rank_candidates, rerank
 

@@ -2,7 +2,7 @@
 number of photos run at once, or a resume.
 
 On the CPU this holds by construction (the encoder runs every photo in a forward pass of its own on a
-thread with one intra-op thread; :mod:`indexer.image_threads`), not by what one CPU's kernels happen to
+thread with one intra-op thread; :mod:`core.image_threads`), not by what one CPU's kernels happen to
 do: the first test checks the construction itself, so it means the same on AVX2-only machines and on
 machines with AVX512-BF16/AMX, where multi-image bf16 passes were measured to give batch-dependent bytes.
 The others check the bytes a build stores, in every precision the CPU can run.
@@ -17,10 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-from indexer.catalog import Catalog
-from indexer.encoder import Encoder, LoadedModel
+from core.catalog import Catalog
+from core.encoder import Encoder, LoadedModel
+from core.preprocess import model_pixels
 from indexer.pipeline import run_build
-from indexer.preprocess import model_pixels
 from tests.conftest import PHOTOS, TEST_IMAGE_SIZE, small_config
 
 CPU = torch.device("cpu")
@@ -125,7 +125,7 @@ def test_a_query_uses_every_thread_and_matches_the_stored_vector_to_a_cosine(
 ) -> None:
     """Queries are not stored: one photo runs on the calling thread with all intra-op threads (twice as
     fast on 2 quiet cores), and its vector agrees with the stored one to a cosine near 1."""
-    monkeypatch.setattr("indexer.image_threads.os.getloadavg", lambda: (0.0, 0.0, 0.0))  # a quiet machine
+    monkeypatch.setattr("core.image_threads.os.getloadavg", lambda: (0.0, 0.0, 0.0))  # a quiet machine
     pixels = _pixels(3)
     stored = Encoder(random_model, CPU, precision, min_cosine=0.0).encode(pixels)
     query = Encoder(random_model, CPU, precision, min_cosine=0.0)

@@ -15,8 +15,8 @@ from types import ModuleType
 import pytest
 from PIL import Image
 
-from indexer.config import config_from_mapping
-from indexer.errors import ConfigError
+from core.config import config_from_mapping
+from core.errors import ConfigError
 from indexer.pipeline import run_build
 from search.engine import SearchEngine
 from search.robust import search_image_robust

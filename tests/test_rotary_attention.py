@@ -12,9 +12,9 @@ import torch
 from birder.net.rope_vit import RoPEAttention
 from PIL import Image
 
-from indexer.encoder import Encoder, LoadedModel, load_model
-from indexer.preprocess import model_pixels, normalize
-from indexer.rotary_attention import ComplexRotaryAttention, rotation_table, use_complex_rotary_attention
+from core.encoder import Encoder, LoadedModel, load_model
+from core.preprocess import model_pixels, normalize
+from core.rotary_attention import ComplexRotaryAttention, rotation_table, use_complex_rotary_attention
 from tests.conftest import PHOTOS, TEST_IMAGE_SIZE, small_config
 
 CPU = torch.device("cpu")
@@ -53,7 +53,7 @@ def test_encoders_give_the_vectors_of_birders_attention(
 ) -> None:
     pixels = _photos(4)
     with monkeypatch.context() as patched:
-        patched.setattr("indexer.rotary_attention.use_complex_rotary_attention", lambda net: 0)
+        patched.setattr("core.rotary_attention.use_complex_rotary_attention", lambda net: 0)
         reference = Encoder(copy.deepcopy(stock_model), CPU, precision)
     assert all(type(layer) is RoPEAttention for layer in _attention_layers(reference.model.net))
     switched = Encoder(copy.deepcopy(stock_model), CPU, precision)

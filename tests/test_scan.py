@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from indexer.scan import ExcludeGlobs, ScanRootError, scan
+from core.scan import ExcludeGlobs, ScanRootError, scan
 
 EXTENSIONS = frozenset({".jpg", ".png"})
 
@@ -109,7 +109,7 @@ def test_an_excluded_folder_is_never_entered(tmp_path: Path, monkeypatch: pytest
         entered.append(Path(path).name)
         return real_scandir(path)
 
-    monkeypatch.setattr("indexer.scan.os.scandir", recording_scandir)
+    monkeypatch.setattr("core.scan.os.scandir", recording_scandir)
     found = [f.path.name for f in scan([tmp_path], EXTENSIONS, globs=ExcludeGlobs(("*/skip/",)))]
     assert found == ["a.jpg"] and "skip" not in entered and "keep" in entered
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer.config import LoupeConfig
+from core.config import LoupeConfig
 from indexer.pipeline import run_build
 from search.duplicates import find_duplicate_groups
 from search.engine import QueryError, SearchEngine, match_label

@@ -20,10 +20,10 @@ import torch
 from PIL import Image, PngImagePlugin
 from streamlit.testing.v1 import AppTest
 
-from indexer.catalog import Catalog
-from indexer.config import ModelConfig
-from indexer.encoder import load_model
-from indexer.errors import WeightsError
+from core.catalog import Catalog
+from core.config import ModelConfig
+from core.encoder import load_model
+from core.errors import WeightsError
 from search.engine import SearchEngine
 from tests.conftest import (
     REPO,

@@ -1,5 +1,5 @@
 """Which config file, data dir, models dir and catalog a command uses: flags > environment > config file >
-folders of earlier versions > per-user defaults (indexer/settings.py, indexer/locations.py)."""
+folders of earlier versions > per-user defaults (core/settings.py, core/locations.py)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from indexer.config import LoupeConfig, ModelConfig
-from indexer.errors import ConfigError
-from indexer.locations import user_config_file, user_data_dir, user_models_dir
-from indexer.settings import Requested, Source, resolve_settings
-from indexer.weights import pretrained_file_name
+from core.config import LoupeConfig, ModelConfig
+from core.errors import ConfigError
+from core.locations import user_config_file, user_data_dir, user_models_dir
+from core.settings import Requested, Source, resolve_settings
+from core.weights import pretrained_file_name
 
 FLAG_DIR, ENV_DIR, FILE_DIR = Path("/flag/data"), Path("/env/data"), Path("/file/data")
 FLAG_URL, ENV_URL, FILE_URL = "sqlite:////flag.db", "sqlite:////env.db", "sqlite:////file.db"

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from indexer.catalog import Catalog
-from indexer.duplicate_decisions import content_pair, load_decisions
-from indexer.lock import exclusive_writer
+from core.catalog import Catalog
+from core.duplicate_decisions import content_pair, load_decisions
+from core.lock import exclusive_writer
 from indexer.pipeline import run_build
 from search.apply_plan import KEPT_BY_CURATOR
 from tests.apply_collection import (

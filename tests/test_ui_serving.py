@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from indexer.config import UIConfig
-from indexer.errors import LoupeError
-from indexer.report import RANDOM_WEIGHTS_WARNING
+from core.config import UIConfig
+from core.errors import LoupeError
+from core.report import RANDOM_WEIGHTS_WARNING
 from tests.conftest import REPO, indexed_collection, open_app, serve_ui_at
 from ui.launch import APP, LOOPBACK, STREAMLIT_OPTIONS, streamlit_command
 from ui.serving import RemoteServingRefusedError, check_serving_address, is_local_address, remote_serving_refusal

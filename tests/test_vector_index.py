@@ -7,9 +7,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from indexer.catalog import Catalog, IndexedFile, Provenance
-from indexer.config import IndexConfig
-from indexer.vector_index import (
+from core.catalog import Catalog, IndexedFile, Provenance
+from core.config import IndexConfig
+from core.vector_index import (
     META_FILE,
     IndexSpec,
     check_index,
@@ -25,7 +25,7 @@ from indexer.vector_index import (
     set_nprobe,
     sync_index,
 )
-from indexer.vector_source import GlobalVectors
+from core.vector_source import GlobalVectors
 
 DIM = 32
 
@@ -214,7 +214,7 @@ def test_check_finds_extra_and_wrong_vectors(tmp_path: Path) -> None:
     sync_index(catalog, tmp_path, IndexConfig())
     loaded = load_index(index_dir(tmp_path))
     assert loaded is not None
-    from indexer.vector_index import write_index
+    from core.vector_index import write_index
 
     loaded.index.add_with_ids(_clustered(1, seed=11), np.array([9_999], dtype=np.int64))
     write_index(index_dir(tmp_path), loaded.index, loaded.meta)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from indexer.catalog import Catalog
+from core.catalog import Catalog
+from core.vector_makers import current_maker, describe_device, makers_of, record_maker
 from indexer.cli import main as indexer_main
 from indexer.pipeline import run_build
-from indexer.vector_makers import current_maker, describe_device, makers_of, record_maker
 from tests.conftest import call_in_process, small_config
 
 

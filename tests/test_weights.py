@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from indexer.config import ModelConfig
-from indexer.encoder import Encoder, load_model
-from indexer.errors import WeightsError, WeightsUnavailableError
-from indexer.preprocess import normalize
-from indexer.weights import ensure_pretrained_file, pretrained_file, pretrained_file_name, sha256_file
+from core.config import ModelConfig
+from core.encoder import Encoder, load_model
+from core.errors import WeightsError, WeightsUnavailableError
+from core.preprocess import normalize
+from core.weights import ensure_pretrained_file, pretrained_file, pretrained_file_name, sha256_file
 from tests.conftest import OTHER_MEAN, OTHER_STD
 
 PE_SPATIAL_SHA256 = "4e65e500f2a7d2b11fc28aaa0b1ad4921692780507de014ebc5659e757327fde"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from indexer.report import RANDOM_WEIGHTS_WARNING
+from core.report import RANDOM_WEIGHTS_WARNING
 from ui.serving import EXPOSING_HELP, remote_serving_refusal
 from ui.state import engine_or_none, resolve_config, status
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import streamlit as st
 from PIL import Image
 
-from indexer.catalog import PhotoRecord
-from indexer.decode import decode_image, supported_extensions
-from indexer.errors import DecodeError
+from core.catalog import PhotoRecord
+from core.decode import decode_image, supported_extensions
+from core.errors import DecodeError
 from search.engine import SearchEngine, SearchResult
 from ui.thumbnails import full_image, thumbnail
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import streamlit as st
 
-from indexer.config import LoupeConfig
-from indexer.errors import LoupeError
+from core.config import LoupeConfig
+from core.errors import LoupeError
 from search.apply import ApplyReport, apply_plan
 from search.apply_plan import ActionKind, ActionSpec, ActionSpecError, Plan, parse_action, plan_actions
 from search.apply_report import apply_lines, undo_lines, unfinished_lines

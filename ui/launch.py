@@ -17,8 +17,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from indexer.cli import add_collection_arguments, resolve_command_settings
-from indexer.config import LoupeConfig
+from core.command_line import add_collection_arguments, resolve_command_settings
+from core.config import LoupeConfig
 from ui.serving import check_serving_address
 
 logger = logging.getLogger(__name__)

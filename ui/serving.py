@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 
-from indexer.errors import LoupeError
+from core.errors import LoupeError
 
 logger = logging.getLogger(__name__)
 

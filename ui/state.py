@@ -3,7 +3,7 @@
 ``streamlit run ui/app.py -- --data-dir DIR [--db-url URL] [--config FILE]``; without flags they come from
 ``LOUPE_DATA_DIR`` / ``LOUPE_DB_URL`` / ``LOUPE_CONFIG`` in the environment (which keeps a database
 password out of the process list), then the config file, then the defaults, as for every command
-(:mod:`indexer.settings`).
+(:mod:`core.settings`).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any
 
 import streamlit as st
 
-from indexer.config import LoupeConfig
-from indexer.errors import LoupeError
-from indexer.report import collection_status
-from indexer.settings import Requested, resolve_settings
+from core.config import LoupeConfig
+from core.errors import LoupeError
+from core.report import collection_status
+from core.settings import Requested, resolve_settings
 from search.engine import SearchEngine
 
 logger = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 def resolve_config() -> LoupeConfig:
     """The collection to show: flags after ``--``, else the environment, else the config file, else the
-    defaults (:func:`indexer.settings.resolve_settings`)."""
+    defaults (:func:`core.settings.resolve_settings`)."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--data-dir", type=Path)
     parser.add_argument("--config", type=Path)

@@ -22,9 +22,9 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw
 
-from indexer.catalog import PhotoRecord
-from indexer.decode import DecodedImage, DecodeLimits, decode_image, read_image_bytes
-from indexer.errors import DecodeError
+from core.catalog import PhotoRecord
+from core.decode import DecodedImage, DecodeLimits, decode_image, read_image_bytes
+from core.errors import DecodeError
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
-"""Alembic's environment: runs migrations on the connection :mod:`indexer.schema` hands over.
+"""Alembic's environment: runs migrations on the connection :mod:`core.schema` hands over.
 
 Loupe runs migrations itself (``Catalog.open`` for writers, ``python -m indexer migrate``), so there is
 no ``alembic.ini``. A developer writing a new migration can still use the ``alembic`` command with
-``-x url=sqlite:///...`` and ``script_location = indexer:migrations`` in a scratch ini file.
+``-x url=sqlite:///...`` and ``script_location = core:migrations`` in a scratch ini file.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 from sqlalchemy.engine import Connection
 
-from indexer.catalog import Base
+from core.catalog import Base
 
 target_metadata = Base.metadata
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import streamlit as st
 from PIL import Image
 
-from indexer.catalog import PhotoRecord
+from core.catalog import PhotoRecord
 from search.engine import QueryError
 from search.region import search_region
 from ui.components import choose_query, compare_view, results_grid

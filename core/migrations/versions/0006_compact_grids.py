@@ -4,7 +4,7 @@ Revision ID: 0006
 Revises: 0005
 Create Date: 2026-11-29
 
-Every stored float16 grid is encoded in place with :mod:`indexer.grid_codes` (the codec is fixed: no
+Every stored float16 grid is encoded in place with :mod:`core.grid_codes` (the codec is fixed: no
 training, the same bytes a build of this Loupe writes), chunk by chunk, in the upgrade's transaction; no
 photo goes through the model again. The patch index is derived data: the next build or ``reindex``
 rebuilds it from the new codes. The downgrade decodes the codes back into float16 grids, which keep the
@@ -19,7 +19,7 @@ import numpy as np
 import sqlalchemy as sa
 from alembic import op
 
-from indexer import grid_codes
+from core import grid_codes
 
 revision = "0006"
 down_revision = "0005"
