@@ -37,8 +37,8 @@ from benchmarks.synthetic_catalog import fill_catalog, synthetic_config
 from core.catalog import Catalog, StoredGrid
 from core.config import LoupeConfig, with_overrides
 from core.grid_codes import encode_cells
-from core.vector_index import choose_index_spec, set_nprobe
-from core.vector_source import CELL_ID_BASE
+from core.index.policy import choose_index_spec, set_nprobe
+from core.index.source import CELL_ID_BASE
 from search.region import Box, match_region
 
 logger = logging.getLogger(__name__)

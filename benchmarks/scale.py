@@ -39,7 +39,8 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from core.vector_index import IndexSpec, merge_shards, write_shards
+from core.index.ondisk import merge_shards, write_shards
+from core.index.policy import IndexSpec
 
 DIM = 384
 K = 10

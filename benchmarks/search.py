@@ -36,7 +36,7 @@ import numpy.typing as npt
 
 from benchmarks.scale import clustered
 from benchmarks.synthetic_catalog import fill_catalog, synthetic_config
-from core.vector_index import index_dir
+from core.index.files import index_dir
 from search.engine import SearchEngine
 
 K = 10

@@ -15,7 +15,7 @@ import numpy.typing as npt
 
 from core.catalog import Catalog, IndexedFile, Provenance, StoredGrid
 from core.config import LoupeConfig, with_overrides
-from core.vector_index import sync_index
+from core.index.sync import sync_index
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import numpy as np
 
 from core.catalog import Catalog, PhotoRecord
 from core.errors import IndexFileError
-from core.vector_index import index_dir, index_ids, load_index
-from core.vector_source import decode_cell_ids
+from core.index.files import index_dir, index_ids, load_index
+from core.index.source import decode_cell_ids
 
 logger = logging.getLogger(__name__)
 

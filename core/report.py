@@ -15,11 +15,12 @@ from core.config import LoupeConfig
 from core.duplicate_decisions import decision_counts
 from core.errors import CatalogError, IndexFileError
 from core.grid_audit import audit_grids
+from core.index.files import IndexMeta, index_dir, read_meta
+from core.index.source import patch_vectors_of
+from core.index.verify import check_index
 from core.metadata_store import metadata_counts
 from core.settings import Origins, origins_to_dict
-from core.vector_index import IndexMeta, check_index, index_dir, read_meta
 from core.vector_makers import makers_of
-from core.vector_source import patch_vectors_of
 
 logger = logging.getLogger(__name__)
 

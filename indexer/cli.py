@@ -159,9 +159,9 @@ def setup_reindex(parser: argparse.ArgumentParser) -> None:
 
 def main_reindex(args: argparse.Namespace) -> int:
     from core.catalog import Catalog
+    from core.index.source import patch_vectors_of
+    from core.index.sync import rebuild_index
     from core.lock import exclusive_writer
-    from core.vector_index import rebuild_index
-    from core.vector_source import patch_vectors_of
 
     config = _resolve_config(args, {})
     catalog = Catalog.open(config.resolved_db_url, create=False)

@@ -35,14 +35,14 @@ from core.encoder import (
     should_compile,
 )
 from core.image_threads import one_intra_op_thread
+from core.index.source import PatchVectors
+from core.index.sync import SyncReport, current_index, sync_index
 from core.lock import exclusive_writer
 from core.metadata_store import backfill_metadata
 from core.patches import effective_grid
 from core.reader import PhotoDataset, ReadBatch, WorkItem, finish_on_device, make_loader, resolve_workers
 from core.scan import ExcludeGlobs, ScannedFile, resolve_roots, scan
-from core.vector_index import SyncReport, current_index, sync_index
 from core.vector_makers import current_maker, describe_device, record_maker
-from core.vector_source import PatchVectors
 from core.weights import weights_kind
 from indexer.calibrate import CalibrationOutcome, calibrate_if_due, embed_with
 from indexer.committer import BatchCommitter, PendingBatch

@@ -30,8 +30,9 @@ from core.catalog import Catalog, PhotoRecord, Provenance
 from core.config import RESOLVED_CONFIG_FILE, LoupeConfig, ModelConfig, config_from_mapping
 from core.decode import DecodeLimits, decode_image, read_image_bytes
 from core.errors import ConfigError, DecodeError, LoupeError, ProvenanceMismatchError
-from core.vector_index import IndexMeta, current_index, index_dir, read_meta
-from core.vector_source import PatchVectors
+from core.index.files import IndexMeta, index_dir, read_meta
+from core.index.source import PatchVectors
+from core.index.sync import current_index
 
 logger = logging.getLogger(__name__)
 

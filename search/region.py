@@ -36,7 +36,7 @@ from core.catalog import Catalog, StoredGrid
 from core.config import PatchConfig
 from core.errors import CatalogError
 from core.grid_codes import grid_codes, rotate, rotated_cells
-from core.vector_source import decode_cell_ids
+from core.index.source import decode_cell_ids
 from search.engine import QueryError, SearchEngine
 from search.region_batch import Reranked, rank_candidates, rerank
 

@@ -26,9 +26,9 @@ import pytest
 from PIL import Image
 
 from core.decode import DecodeLimits, load_image
+from core.index.files import index_dir, index_ids, load_index
 from core.preprocess import model_pixels
 from core.report import verify_collection
-from core.vector_index import index_dir, index_ids, load_index
 from search.engine import SearchEngine
 from tests.conftest import TEST_IMAGE_SIZE, small_config
 from tests.crash_harness import HarnessServer

@@ -13,8 +13,8 @@ from PIL import Image, ImageOps
 from sqlalchemy import text
 
 from core.catalog import Catalog
-from core.vector_index import index_dir, load_index, read_meta, write_index
-from core.vector_source import encode_cell_ids
+from core.index.files import index_dir, load_index, read_meta, write_index
+from core.index.source import encode_cell_ids
 from indexer.cli import main as indexer_main
 from indexer.pipeline import BuildSummary, run_build
 from search.engine import SearchEngine

@@ -12,28 +12,18 @@ import faiss
 import numpy as np
 import pytest
 
-from core import vector_index
 from core.catalog import Catalog, IndexedFile, Provenance
 from core.config import IndexConfig, LoupeConfig
+from core.errors import IndexFileError
+from core.index import ondisk
+from core.index.build import trained_index
+from core.index.files import META_FILE, ON_DISK_READ_FLAGS, index_dir, index_ids, lists_of, load_index
+from core.index.ondisk import _empty_copy, merge_shards, write_shards
+from core.index.policy import IndexSpec, choose_index_spec, needs_rebuild, set_nprobe
+from core.index.source import GlobalVectors, PatchVectors, decode_cell_ids
+from core.index.sync import current_index, rebuild_index, sync_index
+from core.index.verify import check_index
 from core.report import collection_status, storage_line
-from core.vector_index import (
-    META_FILE,
-    IndexSpec,
-    _empty_copy,
-    check_index,
-    choose_index_spec,
-    current_index,
-    index_dir,
-    index_ids,
-    load_index,
-    merge_shards,
-    needs_rebuild,
-    rebuild_index,
-    sync_index,
-    trained_index,
-    write_shards,
-)
-from core.vector_source import GlobalVectors, PatchVectors, decode_cell_ids
 from search.engine import SearchEngine
 from tests.test_vector_index import DIM, _add, _catalog, _clustered, _recall_at_10
 
@@ -45,7 +35,7 @@ ON_DISK_FLAT = IndexConfig(exact_below=1_000, nprobe=8, on_disk_above=1_000)
 @pytest.fixture(autouse=True)
 def _small_shards(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # About 700 vectors per shard at 4-byte codes, so that a few thousand vectors make several shards.
-    monkeypatch.setattr(vector_index, "SHARD_BYTES", 700 * 12)
+    monkeypatch.setattr(ondisk, "SHARD_BYTES", 700 * 12)
     # One thread: on a busy machine OpenMP's spinning threads make these small k-means runs 4x slower.
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
@@ -87,7 +77,7 @@ def test_merged_shards_search_exactly_like_the_in_ram_index(tmp_path: Path) -> N
     on_disk = faiss.deserialize_index(template)
     merge_shards(on_disk, shards, tmp_path / "lists.ivfdata")
     faiss.write_index(on_disk, str(tmp_path / "header.faiss"))
-    mapped = faiss.read_index(str(tmp_path / "header.faiss"), vector_index.ON_DISK_READ_FLAGS)
+    mapped = faiss.read_index(str(tmp_path / "header.faiss"), ON_DISK_READ_FLAGS)
 
     queries = _clustered(100, seed=1)
     for index in (in_ram, mapped):
@@ -106,7 +96,7 @@ def test_synced_on_disk_index_equals_in_ram_lists_of_the_same_quantizer(tmp_path
     assert report.rebuilt and report.spec.on_disk and report.spec.kind == "ivf_pq"
     loaded = load_index(index_dir(tmp_path))
     assert loaded is not None and loaded.meta.on_disk
-    lists = faiss.downcast_InvertedLists(vector_index._lists_of(loaded.index))
+    lists = faiss.downcast_InvertedLists(lists_of(loaded.index))
     assert isinstance(lists, faiss.OnDiskInvertedLists) and lists.read_only
     assert Path(lists.filename) == index_dir(tmp_path) / loaded.meta.lists_file
 
@@ -114,7 +104,7 @@ def test_synced_on_disk_index_equals_in_ram_lists_of_the_same_quantizer(tmp_path
     in_ram = _empty_copy(index_dir(tmp_path), loaded.meta)
     for ids, vectors in GlobalVectors(catalog, DIM).iter_vectors():
         in_ram.add_with_ids(vectors, ids)
-    vector_index.set_nprobe(in_ram, loaded.meta.nprobe)
+    set_nprobe(in_ram, loaded.meta.nprobe)
     queries = _clustered(100, seed=3)
     expected_scores, expected_ids = in_ram.search(queries, 10)
     scores, ids = loaded.index.search(queries, 10)
@@ -174,7 +164,7 @@ def test_a_build_killed_before_publishing_leaves_the_old_index(tmp_path: Path, m
     def killed(*_: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(vector_index, "merge_shards", killed)
+    monkeypatch.setattr(ondisk, "merge_shards", killed)
     with pytest.raises(KeyboardInterrupt):
         rebuild_index(catalog, tmp_path, ON_DISK_FLAT)
     assert _index_files(tmp_path) == published  # shards cleaned up, pointer untouched
@@ -201,7 +191,7 @@ def test_crossing_the_threshold_moves_the_lists_to_disk_and_back(tmp_path: Path)
 
 def test_readers_serve_the_written_index_and_never_write(tmp_path: Path) -> None:
     catalog = _catalog(tmp_path)
-    with pytest.raises(vector_index.IndexFileError, match="built on disk"):
+    with pytest.raises(IndexFileError, match="built on disk"):
         _add(catalog, _clustered(1_200, seed=11))
         current_index(catalog, tmp_path, ON_DISK_FLAT)
     sync_index(catalog, tmp_path, ON_DISK_FLAT)
@@ -296,7 +286,7 @@ def test_searching_maps_the_lists_instead_of_loading_them(tmp_path: Path) -> Non
         return int(probe.stdout.split()[-1])  # faiss prints what it maps before
 
     assert growth("ram.faiss", 0) >= 0.9 * lists_bytes  # the control: loading reads every list
-    assert growth("disk.faiss", vector_index.ON_DISK_READ_FLAGS) < 0.2 * lists_bytes
+    assert growth("disk.faiss", ON_DISK_READ_FLAGS) < 0.2 * lists_bytes
 
 
 def test_nprobe_stops_growing_when_the_codes_limit_recall(tmp_path: Path) -> None:
@@ -314,7 +304,7 @@ def test_nprobe_stops_growing_when_the_codes_limit_recall(tmp_path: Path) -> Non
     ids, _ = catalog.indexed_ids()
     queries = _clustered(300, seed=19, centers=16)
     at_tuned = _recall_at_10(loaded.index, xb, ids, queries)
-    vector_index.set_nprobe(loaded.index, ivf.nlist)
+    set_nprobe(loaded.index, ivf.nlist)
     # Visiting every list buys (almost) nothing over the tuned nprobe.
     assert _recall_at_10(loaded.index, xb, ids, queries) - at_tuned < 0.05
 

@@ -11,7 +11,8 @@ from sqlalchemy.engine import make_url
 
 from core.catalog import Catalog, bytes_to_vector
 from core.errors import ProvenanceMismatchError
-from core.vector_index import check_index, index_dir, load_index
+from core.index.files import index_dir, load_index
+from core.index.verify import check_index
 from indexer.pipeline import BuildSummary, run_build
 from tests.conftest import small_config
 

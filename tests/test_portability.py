@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import vector_index
 from core.encoder import resolve_device
 from core.errors import ConfigError
+from core.index.files import _fsync_dir
 from core.lock import LOCK_FILE, MSVCRT_LOCK_OFFSET, BuildLockedError, exclusive_writer, lock_calls
 from search.engine import folder_prefix
 
@@ -90,12 +90,12 @@ def test_no_directory_fsync_where_folders_cannot_be_opened(tmp_path: Path, monke
     with monkeypatch.context() as patch:  # scoped tightly: pathlib itself reads os.name
         patch.setattr(os, "open", recording_open)
         patch.setattr(os, "name", "nt")
-        vector_index._fsync_dir(tmp_path)
+        _fsync_dir(tmp_path)
     assert opened == []
     with monkeypatch.context() as patch:
         patch.setattr(os, "open", recording_open)
         with pytest.raises(PermissionError):
-            vector_index._fsync_dir(tmp_path)  # POSIX: the folder is opened and fsynced
+            _fsync_dir(tmp_path)  # POSIX: the folder is opened and fsynced
     assert opened == [tmp_path]
 
 

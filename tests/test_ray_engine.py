@@ -27,11 +27,11 @@ from core.catalog import Catalog
 from core.decode import DecodeLimits
 from core.encoder import Encoder, LoadedModel
 from core.errors import ConfigError, EngineError, EngineUnavailableError, WeightsError
+from core.index.source import patch_vectors_of
+from core.index.verify import check_index
 from core.patches import pool_patches
 from core.photo_metadata import PhotoMetadata
 from core.reader import ReadResult, WorkItem, read_one
-from core.vector_index import check_index
-from core.vector_source import patch_vectors_of
 from indexer.pipeline import BuildSummary, run_build
 from indexer.ray_engine import (
     DecodeStage,

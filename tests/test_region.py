@@ -10,9 +10,10 @@ import pytest
 from PIL import Image
 
 from core.catalog import Catalog
+from core.index.files import index_dir, index_ids, load_index
+from core.index.source import CELL_ID_BASE, PatchVectors, decode_cell_ids, encode_cell_ids
+from core.index.verify import check_index
 from core.report import collection_status
-from core.vector_index import check_index, index_dir, index_ids, load_index
-from core.vector_source import CELL_ID_BASE, PatchVectors, decode_cell_ids, encode_cell_ids
 from indexer.pipeline import run_build
 from search.engine import QueryError, SearchEngine
 from search.region import CellBlock, Placement, best_placement, cells_under_box, matched_box, search_region

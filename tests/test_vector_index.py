@@ -9,23 +9,12 @@ import pytest
 
 from core.catalog import Catalog, IndexedFile, Provenance
 from core.config import IndexConfig
-from core.vector_index import (
-    META_FILE,
-    IndexSpec,
-    check_index,
-    choose_index_spec,
-    current_index,
-    index_dir,
-    index_ids,
-    load_index,
-    needs_rebuild,
-    rebuild_index,
-    recall_at_k,
-    recall_sample,
-    set_nprobe,
-    sync_index,
-)
-from core.vector_source import GlobalVectors
+from core.index.files import META_FILE, index_dir, index_ids, load_index
+from core.index.policy import IndexSpec, choose_index_spec, needs_rebuild, set_nprobe
+from core.index.source import GlobalVectors
+from core.index.sync import current_index, rebuild_index, sync_index
+from core.index.tuning import recall_at_k, recall_sample
+from core.index.verify import check_index
 
 DIM = 32
 
@@ -214,7 +203,7 @@ def test_check_finds_extra_and_wrong_vectors(tmp_path: Path) -> None:
     sync_index(catalog, tmp_path, IndexConfig())
     loaded = load_index(index_dir(tmp_path))
     assert loaded is not None
-    from core.vector_index import write_index
+    from core.index.files import write_index
 
     loaded.index.add_with_ids(_clustered(1, seed=11), np.array([9_999], dtype=np.int64))
     write_index(index_dir(tmp_path), loaded.index, loaded.meta)

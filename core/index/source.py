@@ -1,7 +1,8 @@
 """What a FAISS index holds, read from the catalog: one vector per photo, or one per patch cell.
 
-:mod:`core.vector_index` builds, syncs and checks an index from a :class:`VectorSource` without
-knowing which kind it is. Both kinds are keyed by catalog photo id ("items"); a patch vector's id encodes
+:mod:`core.index` builds (:mod:`~core.index.build`, :mod:`~core.index.ondisk`), syncs
+(:mod:`~core.index.sync`) and checks (:mod:`~core.index.verify`) an index from a :class:`VectorSource`
+without knowing which kind it is. Both kinds are keyed by catalog photo id ("items"); a patch vector's id encodes
 ``(photo id, cell)`` as ``photo_id * CELL_ID_BASE + cell`` so that it maps back to its photo and place.
 """
 
