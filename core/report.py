@@ -9,13 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from core.calibration_store import Calibration, calibration_due, current_calibration
 from core.catalog import STATUS_INDEXED, Catalog, redact_url
+from core.catalog.calibrations import Calibration, calibration_due, current_calibration
+from core.catalog.decisions import decision_counts
+from core.catalog.metadata import metadata_counts
 from core.config import LoupeConfig
-from core.duplicate_decisions import decision_counts
 from core.errors import CatalogError, IndexFileError
 from core.grid_audit import audit_grids
-from core.metadata_store import metadata_counts
 from core.settings import Origins, origins_to_dict
 from core.vector_index import IndexMeta, check_index, index_dir, read_meta
 from core.vector_makers import makers_of
