@@ -3,7 +3,7 @@
 These facts choose the keeper of a duplicate group (:mod:`search.keeper`) and are shown beside results.
 They come from the header only (Pillow opens a file lazily; EXIF sits before the pixel data in JPEG,
 TIFF, WebP and HEIF files), so reading them for a catalog built before they were kept costs no decoding
-and no model pass (:mod:`core.metadata_store`). This module imports only the standard library and
+and no model pass (:mod:`core.catalog.metadata`). This module imports only the standard library and
 Pillow: it runs in the build's decode workers.
 
 A broken or absent EXIF block is common in camera and editor output and says nothing about the pixels:

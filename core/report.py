@@ -9,16 +9,16 @@ from typing import Any
 
 import numpy as np
 
-from core.calibration_store import Calibration, calibration_due, current_calibration
 from core.catalog import STATUS_INDEXED, Catalog, redact_url
+from core.catalog.calibrations import Calibration, calibration_due, current_calibration
+from core.catalog.decisions import decision_counts
+from core.catalog.metadata import metadata_counts
 from core.config import LoupeConfig
-from core.duplicate_decisions import decision_counts
 from core.errors import CatalogError, IndexFileError
 from core.grid_audit import audit_grids
 from core.index.files import IndexMeta, index_dir, read_meta
 from core.index.source import patch_vectors_of
 from core.index.verify import check_index
-from core.metadata_store import metadata_counts
 from core.settings import Origins, origins_to_dict
 from core.vector_makers import makers_of
 

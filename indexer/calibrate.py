@@ -32,8 +32,8 @@ import numpy.typing as npt
 from PIL import Image
 from tqdm import tqdm
 
-from core.calibration_store import Calibration, calibration_due, current_calibration, save_calibration
 from core.catalog import Catalog, PhotoRecord, Provenance
+from core.catalog.calibrations import Calibration, calibration_due, current_calibration, save_calibration
 from core.config import CalibrationConfig
 from core.decode import DecodeLimits, load_image
 from core.errors import DecodeError, LoupeError

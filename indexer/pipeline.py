@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from core.catalog import STATUS_FAILED, Catalog, FileState, Provenance, url_without_password
+from core.catalog.metadata import backfill_metadata
 from core.config import RESOLVED_CONFIG_FILE, LoupeConfig, dump_config
 from core.decode import DecodeLimits, supported_extensions
 from core.device_decode import GPU_JPEG_MIN_PIXELS
@@ -38,7 +39,6 @@ from core.image_threads import one_intra_op_thread
 from core.index.source import PatchVectors
 from core.index.sync import SyncReport, current_index, sync_index
 from core.lock import exclusive_writer
-from core.metadata_store import backfill_metadata
 from core.patches import effective_grid
 from core.reader import PhotoDataset, ReadBatch, WorkItem, finish_on_device, make_loader, resolve_workers
 from core.scan import ExcludeGlobs, ScannedFile, resolve_roots, scan

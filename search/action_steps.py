@@ -8,7 +8,7 @@ removes bytes that exist nowhere else. Applying, completing an interrupted apply
 built on it, so each can be run again after a kill and carry on where the last run stopped.
 
 An action counts as done once its file change is complete; the catalog half is idempotent
-(:mod:`core.catalog_moves`), so finishing it twice changes nothing.
+(:mod:`core.catalog.moves`), so finishing it twice changes nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from core.catalog import Catalog
-from core.catalog_moves import SavedRow, adopt_content, move_row, remove_row, restore_row, row_facts
+from core.catalog.moves import SavedRow, adopt_content, move_row, remove_row, restore_row, row_facts
 from core.errors import LoupeError
 from search.file_actions import (
     WouldOverwriteError,

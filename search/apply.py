@@ -27,7 +27,7 @@ from typing import Any, Literal
 from tqdm import tqdm
 
 from core.catalog import STATUS_INDEXED, Catalog
-from core.catalog_moves import row_facts, save_row
+from core.catalog.moves import row_facts, save_row
 from core.config import LoupeConfig
 from core.errors import CatalogError, LoupeError
 from core.index.source import patch_vectors_of

@@ -1,5 +1,5 @@
 """``python -m search duplicates --dismiss/--undismiss/--keep/--unkeep/--decisions``: record or list the
-curator's decisions about duplicates (:mod:`core.duplicate_decisions`), print what was stored, exit.
+curator's decisions about duplicates (:mod:`core.catalog.decisions`), print what was stored, exit.
 
 They open the catalog as readers do (an out-of-date schema is refused with the command that upgrades it)
 and write only the decisions table, so they run while a build runs.
@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from core.catalog import Catalog
-from core.config import LoupeConfig
-from core.duplicate_decisions import (
+from core.catalog.decisions import (
     DISMISS,
     DecisionError,
     Pair,
@@ -28,6 +27,7 @@ from core.duplicate_decisions import (
     undismiss,
     unkeep,
 )
+from core.config import LoupeConfig
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ not yet grouped becomes its group's original and takes every photo not yet group
 above the threshold against it. Photos with the same bytes (sha256) always share a group. Scores shown are
 recomputed from the stored vectors. Each group says which keeper rule chose its original.
 
-Pairs the curator dismissed ("not duplicates", :mod:`core.duplicate_decisions`) are dropped from the
+Pairs the curator dismissed ("not duplicates", :mod:`core.catalog.decisions`) are dropped from the
 similar pairs before grouping, so neither photo of such a pair ever joins the other's group. A group
 offers its members as duplicates *of its original*, not of each other: two dismissed photos B and C may
 both be in A's group when each of them scores at or above the threshold against A.
@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from core.catalog import PhotoRecord
-from core.duplicate_decisions import Decisions, Pair, load_decisions
+from core.catalog.decisions import Decisions, Pair, load_decisions
 from search.engine import MatchKind, SearchEngine
 from search.flipped_pairs import flipped_pairs
 from search.keeper import KeeperPolicy

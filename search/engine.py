@@ -25,8 +25,8 @@ import numpy.typing as npt
 import yaml
 from PIL import Image
 
-from core.calibration_store import Calibration, current_calibration
 from core.catalog import Catalog, PhotoRecord, Provenance
+from core.catalog.calibrations import Calibration, current_calibration
 from core.config import RESOLVED_CONFIG_FILE, LoupeConfig, ModelConfig, config_from_mapping
 from core.decode import DecodeLimits, decode_image, read_image_bytes
 from core.errors import ConfigError, DecodeError, LoupeError, ProvenanceMismatchError

@@ -1,6 +1,6 @@
 """Which photo of a duplicate group to keep: an ordered, configurable list of rules.
 
-A pinned keeper (``duplicates --keep``, :mod:`core.duplicate_decisions`) comes before every rule, the
+A pinned keeper (``duplicates --keep``, :mod:`core.catalog.decisions`) comes before every rule, the
 most recently pinned first. Then the rules of ``search.keeper_rules``, in their order, each deciding only
 between photos the rules before it found equal:
 

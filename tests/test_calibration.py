@@ -13,14 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from core.calibration_store import (
+from core.catalog import Catalog
+from core.catalog.calibrations import (
     Calibration,
     calibration_due,
     current_calibration,
     describe_threshold,
     save_calibration,
 )
-from core.catalog import Catalog
 from core.encoder import Encoder, LoadedModel
 from core.report import collection_status
 from indexer.calibrate import calibrate_if_due, embed_with, measure_scores

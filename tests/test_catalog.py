@@ -13,8 +13,8 @@ import pytest
 from alembic import command
 from sqlalchemy import create_engine, text
 
-from core import grid_codes, schema
-from core.catalog import Catalog, FailedFile, IndexedFile, Provenance, redact_url
+from core import grid_codes
+from core.catalog import Catalog, FailedFile, IndexedFile, Provenance, redact_url, schema
 from core.errors import CatalogError
 from indexer.cli import main as indexer_main
 

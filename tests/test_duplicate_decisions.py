@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks.synthetic_catalog import fill_catalog, synthetic_config
 from core.catalog import Catalog, IndexedFile, PhotoRecord, Provenance
-from core.duplicate_decisions import (
+from core.catalog.decisions import (
     DecisionError,
     Decisions,
     NotInCatalogError,

@@ -16,11 +16,10 @@ from alembic import command
 from PIL import ExifTags, Image
 from sqlalchemy import create_engine, inspect, text
 
-from core import schema
-from core.catalog import Catalog, IndexedFile, Provenance
+from core.catalog import Catalog, IndexedFile, Provenance, schema
+from core.catalog.metadata import backfill_metadata, count_unread, metadata_counts
 from core.encoder import Encoder
 from core.errors import CatalogError
-from core.metadata_store import backfill_metadata, count_unread, metadata_counts
 from indexer.cli import main as indexer_main
 from indexer.pipeline import run_build
 from tests.conftest import PHOTOS, small_config

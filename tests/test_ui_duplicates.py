@@ -13,7 +13,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from core.catalog import Catalog
-from core.duplicate_decisions import content_pair, load_decisions
+from core.catalog.decisions import content_pair, load_decisions
 from core.lock import exclusive_writer
 from indexer.pipeline import run_build
 from search.apply_plan import KEPT_BY_CURATOR

@@ -11,7 +11,7 @@ and a **keep** toggle per photo, prefilled by the keeper rules: the keeper (and 
 folder) is always kept, the others are off, so the action acts on them; a photo toggled on is left alone,
 by the planner itself (``plan_actions(keep_ids=...)``). The toggles are kept in the session by photo id,
 so they survive paging. **Keep this one** and **Not a duplicate** store the same decisions as
-``duplicates --keep`` and ``--dismiss`` (:mod:`core.duplicate_decisions`), and the groups are computed
+``duplicates --keep`` and ``--dismiss`` (:mod:`core.catalog.decisions`), and the groups are computed
 again with them.
 """
 
@@ -26,8 +26,8 @@ from pathlib import Path
 import streamlit as st
 
 from core.catalog import Catalog, PhotoRecord
+from core.catalog.decisions import Decisions, dismiss, keep, load_decisions, unkeep
 from core.config import LoupeConfig
-from core.duplicate_decisions import Decisions, dismiss, keep, load_decisions, unkeep
 from core.errors import LoupeError
 from search.apply_plan import is_under
 from search.duplicates import DuplicateGroup, DuplicateMember, find_duplicate_groups

@@ -1,1 +1,1 @@
-"""Alembic migrations of the catalog schema, run by :mod:`core.schema` (no alembic.ini needed)."""
+"""Alembic migrations of the catalog schema, run by :mod:`core.catalog.schema` (no alembic.ini needed)."""

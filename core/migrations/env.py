@@ -1,4 +1,4 @@
-"""Alembic's environment: runs migrations on the connection :mod:`core.schema` hands over.
+"""Alembic's environment: runs migrations on the connection :mod:`core.catalog.schema` hands over.
 
 Loupe runs migrations itself (``Catalog.open`` for writers, ``python -m indexer migrate``), so there is
 no ``alembic.ini``. A developer writing a new migration can still use the ``alembic`` command with

@@ -9,7 +9,7 @@ import io
 
 import streamlit as st
 
-from core.calibration_store import describe_threshold
+from core.catalog.calibrations import describe_threshold
 from search.duplicates import DuplicateGroup
 from search.duplicates_csv import write_duplicates_csv
 from ui.duplicates_apply import apply_panel

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.calibration_store import describe_threshold
+from core.catalog.calibrations import describe_threshold
 from search.engine import QueryError, SearchResult
 from search.robust import search_image_robust
 from ui.components import caption_of, choose_query, compare_view, results_grid

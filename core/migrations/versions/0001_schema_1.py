@@ -4,7 +4,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2026-11-27
 
-Catalogs written before Loupe used Alembic have no ``alembic_version`` table: :mod:`core.schema`
+Catalogs written before Loupe used Alembic have no ``alembic_version`` table: :mod:`core.catalog.schema`
 recognises a schema-1 catalog by its tables and stamps it with this revision, so only the later
 migrations run on it.
 """

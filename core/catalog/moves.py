@@ -29,7 +29,8 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
-from core.catalog import STATUS_INDEXED, Catalog, CatalogState, ImageRecord, PatchGridRecord
+from core.catalog.store import Catalog
+from core.catalog.tables import STATUS_INDEXED, CatalogState, ImageRecord, PatchGridRecord
 from core.errors import CatalogError
 
 logger = logging.getLogger(__name__)

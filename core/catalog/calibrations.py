@@ -16,7 +16,9 @@ from typing import Any
 from sqlalchemy import BigInteger, Float, Integer, String, Text, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.catalog import Base, Catalog, Provenance
+from core.catalog.records import Provenance
+from core.catalog.store import Catalog
+from core.catalog.tables import Base
 
 logger = logging.getLogger(__name__)
 

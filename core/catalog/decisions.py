@@ -26,7 +26,9 @@ from pathlib import Path
 from sqlalchemy import CheckConstraint, String, delete, func, select, tuple_
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.catalog import STATUS_INDEXED, Base, Catalog, ImageRecord, PhotoRecord
+from core.catalog.records import PhotoRecord
+from core.catalog.store import Catalog
+from core.catalog.tables import STATUS_INDEXED, Base, ImageRecord
 from core.errors import LoupeError
 
 logger = logging.getLogger(__name__)

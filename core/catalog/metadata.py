@@ -20,7 +20,9 @@ from typing import Any
 from sqlalchemy import func, select, update
 from tqdm import tqdm
 
-from core.catalog import STATUS_INDEXED, Catalog, ImageRecord, metadata_values
+from core.catalog.records import metadata_values
+from core.catalog.store import Catalog
+from core.catalog.tables import STATUS_INDEXED, ImageRecord
 from core.decode import supported_formats
 from core.photo_metadata import METADATA_VERSION, PhotoMetadata, read_metadata
 

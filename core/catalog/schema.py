@@ -1,4 +1,5 @@
-"""The catalog's schema version, kept by Alembic (the migrations live in ``indexer/migrations``).
+"""The catalog's schema version, kept by Alembic (the migrations live in ``core/migrations``, beside
+this package), and :func:`migrate_catalog`, the ``migrate`` command's upgrade.
 
 Writers (``build``, ``migrate``) bring a catalog up to date before they touch it; readers (search, the
 UI, ``status``, ``verify``, ``reindex``) never change a schema behind the back of the build that owns the
@@ -20,13 +21,15 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import create_engine, event, inspect, pool
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
 
+from core.catalog.urls import error_without_password, redact_url
 from core.errors import CatalogError
 
 logger = logging.getLogger(__name__)
 
-MIGRATIONS = Path(__file__).with_name("migrations")
+MIGRATIONS = Path(__file__).parents[1] / "migrations"
 UPGRADE_HINT = "run `python -m indexer migrate` (or `python -m indexer build`) to upgrade it"
 # What catalogs from before Alembic are stamped with, by the tables they have.
 LEGACY_SCHEMA_1 = "0001"
@@ -126,3 +129,28 @@ def _newer(shown_url: str, current: str, head: str) -> str:
         f"the catalog at {shown_url} has schema revision {current}, which this Loupe (revision {head}) does not "
         "know: it was written by a newer Loupe; upgrade Loupe"
     )
+
+
+def migrate_catalog(url: str) -> tuple[str | None, str]:
+    """Upgrade an existing catalog (or an empty PostgreSQL database) to this Loupe's schema; return the
+    schema revisions before and after. Builds do the same on their own; this is for upgrading a catalog
+    before readers (search, the UI) that refuse an out-of-date one are started."""
+    shown = redact_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+        raise CatalogError(f"no catalog at {parsed.database or shown}: nothing to migrate")
+    try:
+        before, after = upgrade(url, shown)
+        if before != after and parsed.get_backend_name() == "sqlite":
+            # Give back the pages an upgrade freed (schema 6 shrinks every patch grid ten times), which
+            # SQLite otherwise keeps in the file for reuse. Not in the upgrade's transaction: VACUUM cannot be.
+            engine = create_engine(url, isolation_level="AUTOCOMMIT")
+            try:
+                with engine.connect() as connection:
+                    connection.exec_driver_sql("VACUUM")
+            finally:
+                engine.dispose()
+        return before, after
+    except SQLAlchemyError as error:
+        raise CatalogError(f"cannot migrate catalog {shown}: {error_without_password(error, parsed)}") from error
+
