@@ -12,7 +12,8 @@ from sqlalchemy.engine import make_url
 from core.catalog import Catalog, bytes_to_vector
 from core.errors import ProvenanceMismatchError
 from core.vector_index import check_index, index_dir, load_index
-from indexer.pipeline import BuildSummary, run_build
+from indexer.pipeline import run_build
+from indexer.summary import BuildSummary
 from tests.conftest import small_config
 
 N_PHOTOS = 12

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from core import vector_index
-from core.encoder import resolve_device
 from core.errors import ConfigError
 from core.lock import LOCK_FILE, MSVCRT_LOCK_OFFSET, BuildLockedError, exclusive_writer, lock_calls
+from core.model import resolve_device
 from search.engine import folder_prefix
 
 
