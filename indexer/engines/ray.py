@@ -14,7 +14,8 @@ The driver streams the results back with ``iter_batches`` (nothing is gathered w
 batch to the same :class:`~indexer.committer.BatchCommitter` as the local engine: same rows, same dedup
 by sha256, one transaction per batch, so a kill loses at most the batches in flight.
 
-Every node needs Loupe's dependencies; this package's code travels with the job (``py_modules``).
+Every node needs Loupe's dependencies; Loupe's code (``indexer`` and ``core``) travels with the job
+(``py_modules``).
 Weights: ``random`` rebuilds identical parameters from the seed on every node, a file path (or
 ``pretrained``'s ``models_dir``) must be readable at the same absolute path on every node. Each model
 actor checks that its weights hash equals the driver's before it embeds anything.
@@ -64,8 +65,10 @@ def require_ray() -> None:
 
 
 def job_runtime_env() -> dict[str, Any]:
-    """Ship this package with the job: workers import the driver's code, not whatever a node has installed."""
-    return {"py_modules": [str(Path(indexer.__file__).parent)]}
+    """Ship the code the stages run (this package and the shared core) with the job: workers import the
+    driver's code, not whatever a node has installed."""
+    package = Path(indexer.__file__).parent
+    return {"py_modules": [str(package), str(package.parent / "core")]}
 
 
 def connect(runtime: RuntimeConfig) -> bool:
