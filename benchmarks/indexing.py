@@ -44,10 +44,12 @@ sys.path.insert(0, str(ROOT))
 from core.config import LoupeConfig, with_overrides  # noqa: E402
 from core.decode import DecodeLimits, supported_extensions  # noqa: E402
 from core.device_decode import GPU_JPEG_MIN_PIXELS  # noqa: E402
-from core.encoder import Encoder, load_model, resolve_batch_size, resolve_device  # noqa: E402
+from core.encoder import Encoder, resolve_batch_size  # noqa: E402
+from core.model import load_model, resolve_device  # noqa: E402
 from core.reader import PhotoDataset, WorkItem, finish_on_device, make_loader, resolve_workers  # noqa: E402
 from core.settings import resolve_settings  # noqa: E402
-from indexer.pipeline import BuildSummary, run_build  # noqa: E402
+from indexer.pipeline import run_build  # noqa: E402
+from indexer.summary import BuildSummary  # noqa: E402
 
 # Issue 6's targets.
 TARGET_OVER_FORWARD = 0.85
@@ -98,7 +100,7 @@ def end_to_end(config: LoupeConfig, photos: Path) -> tuple[BuildSummary, float]:
 def decode_ceiling(config: LoupeConfig, files: list[Path], batch_size: int) -> float:
     """Images/s of the build's readers alone: what the decode side can feed the model at most."""
     device = resolve_device(config.runtime.device)
-    limits = DecodeLimits(max_pixels=config.decode.max_pixels, max_file_bytes=config.decode.max_file_bytes)
+    limits = DecodeLimits.of(config.decode)
     device_jpegs = device.type == "cuda" and config.runtime.gpu_jpeg == "auto"
     items = [WorkItem(str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in files]
     size = config.model.image_size

@@ -138,7 +138,8 @@ def forward_pass_seconds(config: LoupeConfig, repeats: int = 3) -> float:
     random weights (the architecture's cost is the same with trained ones)."""
     import torch
 
-    from core.encoder import Encoder, load_model
+    from core.encoder import Encoder
+    from core.model import load_model
 
     device = torch.device("cpu")
     encoder = Encoder(load_model(config.model, device), device, config.runtime.precision)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError, features
 
+from core.config import DecodeConfig
 from core.errors import DecodeError
 from core.photo_metadata import PhotoMetadata, metadata_of
 
@@ -63,6 +64,11 @@ class DecodeLimits:
     def __post_init__(self) -> None:
         if self.max_pixels < 1 or self.max_file_bytes < 1:
             raise ValueError(f"decode limits must be positive, got {self}")
+
+    @classmethod
+    def of(cls, decode: DecodeConfig) -> DecodeLimits:
+        """The limits of the ``decode`` settings (those photos are indexed and read back under)."""
+        return cls(max_pixels=decode.max_pixels, max_file_bytes=decode.max_file_bytes)
 
 
 @dataclass(frozen=True)

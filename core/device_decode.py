@@ -8,7 +8,7 @@ so on a GPU machine the decode workers, not the model, set the pace. nvJPEG (thr
   least ``min_pixels`` it only parses the header (size, EXIF orientation) and hands the compressed
   bytes on (:func:`jpeg_for_device`);
 - the main process decodes the batch's JPEGs together on the device, applies the orientation, resizes
-  like the CPU path (bicubic, antialiased) and hands uint8 pixels to the encoder
+  like the CPU path (:func:`core.preprocess.resize_pixels`) and hands uint8 pixels to the encoder
   (:func:`decode_on_device`). A JPEG the device decoder rejects goes through the CPU path instead,
   which records why it failed if it fails there too.
 
@@ -28,6 +28,7 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from core.decode import DecodeLimits, exif_orientation
+from core.preprocess import resize_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -92,14 +93,6 @@ def orient(pixels: torch.Tensor, orientation: int) -> torch.Tensor:
     if orientation == 8:
         return torch.rot90(pixels, k=1, dims=height_width)
     return pixels
-
-
-def resize_pixels(pixels: torch.Tensor, size: int) -> torch.Tensor:
-    """``[C, H, W]`` uint8 resized to ``[C, size, size]`` uint8: bicubic, antialiased, like the CPU path."""
-    scaled = torch.nn.functional.interpolate(
-        pixels.unsqueeze(0).float(), size=(size, size), mode="bicubic", antialias=True, align_corners=False
-    )
-    return scaled.squeeze(0).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def decode_on_device(jpegs: Sequence[DeviceJpeg], size: int, device: torch.device) -> list[torch.Tensor | None]:

@@ -1,4 +1,6 @@
-"""Load the PE-Spatial ViT through birder and embed batches of photos.
+"""Embed batches of photos with a loaded model (:mod:`core.model`): the one model-output path.
+
+The local engine, the Ray engine's model actors, calibration and queries all call :class:`Encoder`.
 
 One forward pass per batch yields both outputs: the patch tokens of ``forward_features`` (after the
 register token; the same tensor as ``detection_features``) and the global embedding, their mean
@@ -8,34 +10,27 @@ register token; the same tensor as ``detection_features``) and the global embedd
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import math
-import pickle
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from core.config import ModelConfig
-from core.errors import ConfigError, WeightsError
+from core.catalog import Provenance
+from core.config import ModelConfig, RuntimeConfig
+from core.errors import ConfigError
 from core.heap import keep_freed_memory
 from core.image_threads import ImageThreads, idle_threads, intra_op_threads, resolve_parallel_images
+from core.model import LoadedModel, load_collection_model, resolve_device
+from core.patches import PatchGrids, pool_patches
 from core.preprocess import normalize
-from core.weights import (
-    WeightsIdentity,
-    WeightsKind,
-    ensure_pretrained_file,
-    local_weights_file,
-    pretrained_file,
-    sha256_file,
-    weights_kind,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -45,123 +40,13 @@ Images = torch.Tensor | Sequence[torch.Tensor]
 
 
 @dataclass(frozen=True)
-class LoadedModel:
-    """A ready network and the facts the catalog records about it."""
-
-    net: torch.nn.Module
-    network: str
-    weights: WeightsIdentity
-    image_size: int
-    native_size: int
-    dim: int
-    patch_size: int
-    num_special_tokens: int
-    rgb_mean: tuple[float, float, float]
-    rgb_std: tuple[float, float, float]
-
-    @property
-    def grid_size(self) -> int:
-        """Patch cells per side at ``image_size``."""
-        return self.image_size // self.patch_size
-
-
-@dataclass(frozen=True)
 class EncodedBatch:
-    """Model outputs for one batch: ``embeddings`` [B, D] unit-norm float32, ``patches`` [B, h, w, D]."""
+    """Model outputs for one batch: ``embeddings`` [B, D] unit-norm float32, ``patches`` [B, h, w, D] (the
+    model's own grid) and ``grids``, the patches pooled to the encoder's ``patch_grid`` (None when it is 0)."""
 
     embeddings: Embeddings
     patches: torch.Tensor
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when present, else Apple's Metal (MPS) when present, else the CPU. A device asked
-    for by name that torch cannot see is a :class:`ConfigError`."""
-    mps = getattr(torch.backends, "mps", None)
-    has_mps = mps is not None and bool(mps.is_available())
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if has_mps else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"runtime.device: {device!r} asked for, but torch sees no CUDA GPU on this machine")
-    if resolved.type == "mps" and not has_mps:
-        raise ConfigError(f"runtime.device: {device!r} asked for, but torch sees no Apple MPS device on this machine")
-    return resolved
-
-
-def _state_sha256(net: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(net.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _random_model(config: ModelConfig, native_size: int) -> tuple[torch.nn.Module, WeightsIdentity, dict[str, Any]]:
-    from birder.data.transforms.classification import get_rgb_stats
-    from birder.model_registry import registry
-
-    # fork_rng keeps the caller's global RNG untouched while the seed fixes the initialisation.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.random_seed)
-        net = registry.net_factory(config.network, 0, size=(native_size, native_size))
-    identity = WeightsIdentity(kind="random", sha256=_state_sha256(net), source=f"random seed {config.random_seed}")
-    # The pretrained file declares birder's "centered" stats (mean 0.5, std 0.5); random weights use the same
-    # so that a random-weights index exercises exactly the preprocessing of a real one.
-    return net, identity, dict(get_rgb_stats("centered"))
-
-
-def _file_model(
-    config: ModelConfig, path: Any, kind: WeightsKind, sha256: str, device: torch.device
-) -> tuple[torch.nn.Module, WeightsIdentity, dict[str, Any]]:
-    from birder.common import fs_ops
-
-    try:
-        # birder loads .pt files with torch.load(weights_only=True): a pickle that asks to call anything
-        # but tensor constructors is refused (UnpicklingError) before it runs.
-        net, info = fs_ops.load_model(device, config.network, path=path, tag=config.tag, inference=True)
-    except (RuntimeError, KeyError, ValueError, OSError, pickle.UnpicklingError) as error:
-        raise WeightsError(f"{path} is not a birder {config.network} weights file: {error}") from error
-    identity = WeightsIdentity(kind=kind, sha256=sha256, source=str(path))
-    return cast(torch.nn.Module, net), identity, dict(info.rgb_stats)
-
-
-def load_model(config: ModelConfig, device: torch.device) -> LoadedModel:
-    """Build the network with the configured weights, at the configured image size, ready for inference."""
-    spec = pretrained_file(config)
-    native_size = spec.native_size[0]
-    kind = weights_kind(config.weights)
-    if kind == "random":
-        net, identity, rgb_stats = _random_model(config, native_size)
-    elif kind == "pretrained":
-        path = ensure_pretrained_file(spec)
-        net, identity, rgb_stats = _file_model(config, path, "pretrained", spec.sha256, device)
-    else:
-        path = local_weights_file(config.weights)
-        net, identity, rgb_stats = _file_model(config, path, "file", sha256_file(path), device)
-
-    if config.image_size != native_size:
-        net.adjust_size((config.image_size, config.image_size))  # type: ignore[operator]
-    net.to(device)
-    net.eval()
-    for parameter in net.parameters():
-        parameter.requires_grad_(False)
-
-    mean = tuple(float(v) for v in rgb_stats["mean"])
-    std = tuple(float(v) for v in rgb_stats["std"])
-    return LoadedModel(
-        net=net,
-        network=config.network,
-        weights=identity,
-        image_size=config.image_size,
-        native_size=native_size,
-        dim=int(net.embedding_size),  # type: ignore[arg-type]
-        patch_size=int(net.patch_size),  # type: ignore[arg-type]
-        num_special_tokens=int(net.num_special_tokens),  # type: ignore[arg-type]
-        rgb_mean=mean,  # type: ignore[arg-type]
-        rgb_std=std,  # type: ignore[arg-type]
-    )
+    grids: PatchGrids | None = None
 
 
 Precision = Literal["fp32", "bf16", "int8"]
@@ -259,7 +144,9 @@ def should_compile(setting: str, device: torch.device, images: int) -> bool:
 
 
 class Encoder:
-    """Runs a :class:`LoadedModel` on batches of uint8 pixels from :func:`core.preprocess.model_pixels`.
+    """Runs a :class:`LoadedModel` on batches of uint8 pixels from :func:`core.preprocess.model_pixels`:
+    unit embeddings and, with ``patch_grid``, the patch tokens pooled to that grid (:mod:`core.patches`),
+    from the same forward pass.
 
     With int8 or bf16 the first photos of the first batch are also run in fp32 and compared. If any
     embedding falls below ``min_cosine`` to its fp32 twin, the encoder switches to fp32 for good (and says
@@ -288,9 +175,11 @@ class Encoder:
         *,
         compile: bool = False,
         parallel_images: int = 0,
+        patch_grid: int = 0,
     ) -> None:
         self.model = model
         self.device = device
+        self.patch_grid = patch_grid
         self.precision: Precision = resolve_precision(precision, device)
         self.min_cosine = min_cosine
         self.checked_cosine: float | None = None
@@ -375,9 +264,11 @@ class Encoder:
 
     def _finished(self, embeddings: torch.Tensor, patches: torch.Tensor) -> EncodedBatch:
         grid, dim = self.model.grid_size, self.model.dim
+        cells = patches.reshape(patches.shape[0], grid, grid, dim).cpu()
         return EncodedBatch(
             embeddings=embeddings.cpu().numpy().astype(np.float32, copy=False),
-            patches=patches.reshape(patches.shape[0], grid, grid, dim).cpu(),
+            patches=cells,
+            grids=pool_patches(cells, self.patch_grid) if self.patch_grid else None,
         )
 
     def encode(self, pixels: Images) -> EncodedBatch:
@@ -450,3 +341,20 @@ class PendingEncoding:
             self._done = self._encoder._finished(embeddings, patches)
             self._parts = []
         return self._done
+
+
+def open_collection_encoder(
+    data_dir: Path, model: ModelConfig, runtime: RuntimeConfig, provenance: Provenance
+) -> Encoder:
+    """An encoder of the model the collection in ``data_dir`` was built with, checked against its catalog's
+    ``provenance`` (:func:`core.model.load_collection_model`), pooling patch grids as its index does."""
+    device = resolve_device(runtime.device)
+    loaded = load_collection_model(data_dir, model, provenance, device)
+    return Encoder(
+        loaded,
+        device,
+        runtime.precision,
+        runtime.min_cosine,
+        parallel_images=runtime.parallel_images,
+        patch_grid=provenance.patch_grid,
+    )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -53,6 +53,15 @@ def weights_kind(weights: str) -> WeightsKind:
     if weights == "random":
         return "random"
     return "file"
+
+
+def resolved_model_config(model: ModelConfig) -> ModelConfig:
+    """``model`` with absolute paths (``models_dir``, a weights file): what is saved beside the index and
+    what a Ray worker, whose working directory is not the driver's, loads."""
+    resolved = replace(model, models_dir=model.models_dir.expanduser().resolve())
+    if weights_kind(model.weights) == "file":
+        resolved = replace(resolved, weights=str(Path(model.weights).expanduser().resolve()))
+    return resolved
 
 
 def pretrained_file_name(config: ModelConfig) -> str:

@@ -282,8 +282,8 @@ def calibrate_collection(
 
 
 def embed_with(encode_pixels: Callable[[torch.Tensor], Embeddings], image_size: int, *, one_thread: bool) -> Embed:
-    """An :data:`Embed` from a function of ``[B, 3, S, S]`` uint8 pixels (the build's encoder, or
-    :meth:`search.engine.SearchEngine.encode_pixels`) with the indexer's preprocessing; ``one_thread``:
+    """An :data:`Embed` from a function of ``[B, 3, S, S]`` uint8 pixels (the build's encoder, or the
+    collection's, :func:`core.encoder.open_collection_encoder`) with the indexer's preprocessing; ``one_thread``:
     the encoder runs photos on image threads, so the calling thread keeps to one (as builds do)."""
     import torch
 

@@ -231,10 +231,14 @@ def setup_calibrate(parser: argparse.ArgumentParser) -> None:
 
 
 def main_calibrate(args: argparse.Namespace) -> int:
+    from core.catalog import Catalog
+    from core.decode import DecodeLimits
+    from core.encoder import open_collection_encoder
+    from core.errors import CatalogError
+    from core.index.sync import current_index
     from core.lock import exclusive_writer
     from indexer.calibrate import calibrate_collection, embed_with
     from indexer.summary import calibration_line
-    from search.engine import SearchEngine
 
     config = _resolve_config(
         args,
@@ -245,21 +249,25 @@ def main_calibrate(args: argparse.Namespace) -> int:
         },
     )
     with exclusive_writer(config.data_dir, "indexer calibrate", config.resolved_db_url):
-        engine = SearchEngine.open(config)
+        catalog = Catalog.open(config.resolved_db_url, create=False)
         try:
-            # The engine's model is checked against the catalog's provenance (weights sha256, image size).
-            embed = embed_with(engine.encode_pixels, engine.provenance.image_size, one_thread=True)
+            provenance = catalog.provenance()
+            if provenance is None:
+                raise CatalogError(f"no index in {config.data_dir}: build one with `python -m indexer build PHOTOS`")
+            # The collection's own model, checked against the catalog's provenance (weights sha256, image size).
+            encoder = open_collection_encoder(config.data_dir, config.model, config.runtime, provenance)
+            embed = embed_with(lambda pixels: encoder.encode(pixels).embeddings, provenance.image_size, one_thread=True)
             calibration = calibrate_collection(
-                engine.catalog,
-                engine.current()[0],
-                engine.provenance,
+                catalog,
+                current_index(catalog, config.data_dir, config.index)[0],
+                provenance,
                 embed,
                 config.search.calibration,
-                engine.photo_limits,
+                DecodeLimits.of(config.decode),
                 show_progress=not (args.no_progress or args.json),
             )
         finally:
-            engine.close()
+            catalog.close()
     result = calibration.to_dict()
     if args.json:
         print(json.dumps(result, indent=2))

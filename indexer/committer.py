@@ -3,7 +3,8 @@
 The local engine hands over decoded pixels and lets the committer run the model; the Ray engine hands
 over model outputs computed by its actors. Either way the committer decides, per file, between reusing
 a known embedding (dedup by sha256), recording a failure and taking a fresh model output, and commits
-the batch in one transaction, so a kill loses at most the batches in flight.
+the batch in one transaction, so a kill loses at most the batches in flight. Each finished batch
+returns its :class:`BatchCounts`; the build adds them up (:class:`indexer.summary.BuildSummary`).
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
@@ -20,11 +21,8 @@ import torch
 from core.catalog import Catalog, FailedFile, FileOutcome, FileState, IndexedFile
 from core.decode import DecodeLimits
 from core.encoder import Embeddings, EncodedBatch, Encoder, PendingEncoding
-from core.patches import PatchGrids, pool_patches
+from core.patches import PatchGrids
 from core.reader import ReadResult, read_one
-
-if TYPE_CHECKING:
-    from indexer.pipeline import BuildSummary
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +35,29 @@ class ModelOutput:
     patches: PatchGrids | None
 
 
+@dataclass
+class BatchCounts:
+    """What committing one batch did. ``results``: the files it had; ``reused_from``: catalog paths whose
+    content a new path reused (a move or a copy: only the end of the build can tell which)."""
+
+    results: int = 0
+    new: int = 0
+    changed: int = 0
+    touched: int = 0
+    regridded: int = 0
+    failed: int = 0
+    embedded: int = 0
+    model_batches: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    reused_from: list[str] = field(default_factory=list)
+
+
 class BatchCommitter:
     """Turns read results into catalog rows: reuses known embeddings, runs the model once on the rest.
 
     ``encoder`` embeds the results that arrive with pixels but without a model output (every decoded
-    result of the local engine; under Ray only a content whose catalog row vanished during the build).
+    result of the local engine; under Ray only a content whose catalog row vanished during the build);
+    its ``patch_grid`` is the grid of the rows committed (0: none).
     """
 
     def __init__(
@@ -49,37 +65,32 @@ class BatchCommitter:
         catalog: Catalog,
         encoder: Encoder,
         states: dict[str, FileState],
-        summary: BuildSummary,
-        patch_grid: int,
         limits: DecodeLimits,
         regrid: frozenset[str] = frozenset(),
     ) -> None:
         self.catalog = catalog
         self.encoder = encoder
-        self.patch_grid = patch_grid
+        self.patch_grid = encoder.patch_grid
         self.states = states
-        self.summary = summary
         self.limits = limits
         self.image_size = encoder.model.image_size
         self.dim = encoder.model.dim
         # Unchanged files read again because their row has no patch grid (counted apart from changed ones).
         self.regrid = regrid
-        self.reused_from: list[str] = []
-        self.reasons: Counter[str] = Counter()
         # Hashes committed by this run: workers only know the hashes the catalog had at the start.
         self.run_hashes: set[str] = set()
         # Hashes of batches submitted but not finished yet.
         self.in_flight: set[str] = set()
 
-    def _count_indexed(self, path: str) -> None:
+    def _count_indexed(self, path: str, counts: BatchCounts) -> None:
         if path in self.regrid:
-            self.summary.regridded += 1
+            counts.regridded += 1
         elif path in self.states:
-            self.summary.changed += 1
+            counts.changed += 1
         else:
-            self.summary.new += 1
+            counts.new += 1
 
-    def _reuse(self, result: ReadResult) -> IndexedFile | bool:
+    def _reuse(self, result: ReadResult, counts: BatchCounts) -> IndexedFile | bool:
         """The reused row for known content; True when only the file's mtime changed (recorded here);
         False when the content's row vanished since the build started."""
         if result.sha256 is None:
@@ -92,14 +103,14 @@ class BatchCommitter:
         if known.path == item.path:
             # Same bytes under the same path: only the mtime moved (a touch, a copy-back).
             self.catalog.touch(item.path, item.size_bytes, item.mtime_ns)
-            self.summary.touched += 1
+            counts.touched += 1
             return True
         if item.path in self.regrid:
-            self.summary.regridded += 1  # its own grid was gone: a copy's is carried over
+            counts.regridded += 1  # its own grid was gone: a copy's is carried over
         elif item.path in self.states:
-            self.summary.changed += 1  # new bytes at a known path, but bytes seen before elsewhere
+            counts.changed += 1  # new bytes at a known path, but bytes seen before elsewhere
         else:
-            self.reused_from.append(known.path)
+            counts.reused_from.append(known.path)
         return IndexedFile(
             path=item.path,
             size_bytes=item.size_bytes,
@@ -112,9 +123,9 @@ class BatchCommitter:
             metadata=known.metadata,  # the same bytes say the same things
         )
 
-    def commit(self, results: Sequence[ReadResult], outputs: Mapping[str, ModelOutput] | None = None) -> None:
+    def commit(self, results: Sequence[ReadResult], outputs: Mapping[str, ModelOutput] | None = None) -> BatchCounts:
         """Commit one batch in one transaction. ``outputs``: model outputs already computed, by sha256."""
-        self.finish(self.submit(results, outputs))
+        return self.finish(self.submit(results, outputs))
 
     def submit(self, results: Sequence[ReadResult], outputs: Mapping[str, ModelOutput] | None = None) -> PendingBatch:
         """Start the model on the batch's new content and return before it is done (with image threads;
@@ -137,60 +148,61 @@ class BatchCommitter:
         self.in_flight.update(unique)
         return PendingBatch(results, computed, list(unique), missing, encoding)
 
-    def finish(self, pending: PendingBatch) -> int:
-        """Wait for the batch's model outputs, then write all of its rows in one transaction; returns the
-        number of results the batch had."""
+    def finish(self, pending: PendingBatch) -> BatchCounts:
+        """Wait for the batch's model outputs, then write all of its rows in one transaction; returns what
+        the batch did."""
+        counts = BatchCounts(results=len(pending.results))
         output_of = {sha: pending.computed[sha] for sha in pending.embedded if sha in pending.computed}
         if pending.encoding is not None:
             outputs = self._model_outputs(pending.encoding.result())
             output_of.update(zip((r.sha256 for r in pending.sent), outputs, strict=True))  # type: ignore[misc]
         if pending.embedded:
-            self.summary.embedded += len(pending.embedded)
-            self.summary.model_batches += 1
+            counts.embedded += len(pending.embedded)
+            counts.model_batches += 1
         outcomes: list[FileOutcome] = []
         to_encode: list[ReadResult] = []
         for result in pending.results:
             if result.error_reason is not None:
-                outcomes.append(self._failed(result))
+                outcomes.append(self._failed(result, counts))
             elif not result.known and result.sha256 in output_of:
-                outcomes.append(self._indexed(result, output_of[result.sha256]))
+                outcomes.append(self._indexed(result, output_of[result.sha256], counts))
             else:
-                reused = self._reuse(result)
+                reused = self._reuse(result, counts)
                 if isinstance(reused, IndexedFile):
                     outcomes.append(reused)
                 elif reused is False:
                     to_encode.append(read_one(result.item, self.image_size, self.limits, frozenset()))
         if to_encode:
-            outcomes.extend(self._embed_reread(to_encode))
+            outcomes.extend(self._embed_reread(to_encode, counts))
         if outcomes:
             self.catalog.commit_outcomes(outcomes)
             self.run_hashes.update(o.sha256 for o in outcomes if isinstance(o, IndexedFile))
         self.in_flight.difference_update(pending.embedded)
-        return len(pending.results)
+        return counts
 
-    def _embed_reread(self, results: list[ReadResult]) -> list[FileOutcome]:
+    def _embed_reread(self, results: list[ReadResult], counts: BatchCounts) -> list[FileOutcome]:
         """Outcomes of results re-read because their content's row vanished: failures, or fresh outputs."""
-        outcomes: list[FileOutcome] = [self._failed(r) for r in results if r.error_reason is not None]
+        outcomes: list[FileOutcome] = [self._failed(r, counts) for r in results if r.error_reason is not None]
         decoded = {r.sha256: r for r in results if r.error_reason is None}
         if decoded:
             sent = list(decoded.values())
             output_of = dict(zip(decoded, self._model_outputs(self._submit_model(sent).result()), strict=True))
-            self.summary.embedded += len(decoded)
-            self.summary.model_batches += 1
-            outcomes.extend(self._indexed(r, output_of[r.sha256]) for r in results if r.error_reason is None)
+            counts.embedded += len(decoded)
+            counts.model_batches += 1
+            outcomes.extend(self._indexed(r, output_of[r.sha256], counts) for r in results if r.error_reason is None)
         return outcomes
 
-    def _failed(self, result: ReadResult) -> FailedFile:
+    def _failed(self, result: ReadResult, counts: BatchCounts) -> FailedFile:
         reason = result.error_reason or "unreadable"
-        self.summary.failed += 1
-        self.reasons[reason] += 1
+        counts.failed += 1
+        counts.reasons[reason] += 1
         item = result.item
         return FailedFile(
             item.path, item.size_bytes, item.mtime_ns, result.sha256, reason, result.error_message or reason
         )
 
-    def _indexed(self, result: ReadResult, output: ModelOutput) -> IndexedFile:
-        self._count_indexed(result.item.path)
+    def _indexed(self, result: ReadResult, output: ModelOutput, counts: BatchCounts) -> IndexedFile:
+        self._count_indexed(result.item.path, counts)
         return IndexedFile(
             path=result.item.path,
             size_bytes=result.item.size_bytes,
@@ -217,7 +229,7 @@ class BatchCommitter:
         return self.encoder.submit(pixels)
 
     def _model_outputs(self, encoded: EncodedBatch) -> list[ModelOutput]:
-        grids = pool_patches(encoded.patches, self.patch_grid) if self.patch_grid else None
+        grids = encoded.grids
         return [
             ModelOutput(
                 embedding=np.asarray(encoded.embeddings[i], dtype=np.float32),

@@ -1,13 +1,87 @@
-"""Human-readable and JSON renderings of a build summary and of the collection status."""
+"""What a build did (:class:`BuildSummary`, summed from the committer's per-batch counts), and the
+human-readable and JSON renderings of it and of the collection status."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from core.report import RANDOM_WEIGHTS_WARNING, storage_line
 
 if TYPE_CHECKING:  # status and verify must not pay for importing torch
-    from indexer.pipeline import BuildSummary
+    from core.index.sync import SyncReport
+    from indexer.calibrate import CalibrationOutcome
+    from indexer.committer import BatchCounts
+
+
+@dataclass
+class BuildSummary:
+    """What one build did. ``embedded`` counts images that went through the model."""
+
+    scanned: int = 0
+    unchanged: int = 0
+    new: int = 0
+    changed: int = 0
+    moved: int = 0
+    copied: int = 0
+    touched: int = 0
+    # Unchanged photos read again because their patch grid was missing from the catalog.
+    regridded: int = 0
+    removed: int = 0
+    # Catalog rows dropped because an exclude pattern (--exclude, scan.exclude) now matches their file.
+    excluded: int = 0
+    failed: int = 0
+    # Scanned files that failed in an earlier build and were not read again (unchanged since).
+    unchanged_failed: int = 0
+    embedded: int = 0
+    model_batches: int = 0
+    elapsed_s: float = 0.0
+    processing_s: float = 0.0
+    failures_by_reason: dict[str, int] = field(default_factory=dict)
+    index: SyncReport | None = None
+    patch_index: SyncReport | None = None
+    weights_kind: str = ""
+    image_size: int = 0
+    precision: str = ""
+    checked_cosine: float | None = None
+    batch_size: int = 0
+    # Photos the CPU model ran at once, one thread each (0: whole batches).
+    parallel_images: int = 0
+    compiled: bool = False
+    # What the build did about the near-duplicate threshold's calibration (None: not asked).
+    calibration: CalibrationOutcome | None = None
+    # Photos indexed before their metadata was kept whose headers this build read (no model pass).
+    metadata_read: int = 0
+    # Catalog paths whose content new paths reused: moved or copied, told apart by :meth:`count_reuses`.
+    reused_from: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def processed(self) -> int:
+        return self.new + self.changed + self.moved + self.copied + self.touched + self.regridded + self.failed
+
+    @property
+    def images_per_s(self) -> float:
+        """Files processed per second of processing (model loading and the final index write excluded)."""
+        return self.processed / self.processing_s if self.processing_s > 0 else 0.0
+
+    def add(self, counts: BatchCounts) -> None:
+        """Count one committed batch in."""
+        self.new += counts.new
+        self.changed += counts.changed
+        self.touched += counts.touched
+        self.regridded += counts.regridded
+        self.failed += counts.failed
+        self.embedded += counts.embedded
+        self.model_batches += counts.model_batches
+        for reason, count in counts.reasons.items():
+            self.failures_by_reason[reason] = self.failures_by_reason.get(reason, 0) + count
+        self.reused_from.extend(counts.reused_from)
+
+    def count_reuses(self, gone: Collection[str]) -> None:
+        """Moved (the reused path is ``gone`` from the scan) or copied (it is still there)."""
+        self.moved = sum(1 for source in self.reused_from if source in gone)
+        self.copied = len(self.reused_from) - self.moved
 
 
 def summary_to_dict(summary: BuildSummary) -> dict[str, Any]:

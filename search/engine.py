@@ -2,19 +2,19 @@
 
 It reads the catalog and the FAISS files, and encodes query images with the same decoding,
 preprocessing, model, weights and image size as the index was built with (read from the catalog's
-provenance). The model loads lazily: queries by id, path or vector never need it. It is thread-safe
+provenance; :mod:`search.query_encoding`). The model loads lazily: queries by id, path or vector never
+need it. It is thread-safe
 (Streamlit serves sessions from threads) and follows the catalog: a query after a build committed more
 photos sees them, even before the build wrote its FAISS files.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -22,21 +22,20 @@ from typing import Any, Literal, NamedTuple
 import faiss
 import numpy as np
 import numpy.typing as npt
-import yaml
 from PIL import Image
 
 from core.catalog import Catalog, PhotoRecord, Provenance
 from core.catalog.calibrations import Calibration, current_calibration
-from core.config import RESOLVED_CONFIG_FILE, LoupeConfig, ModelConfig, config_from_mapping
-from core.decode import DecodeLimits, decode_image, read_image_bytes
-from core.errors import ConfigError, DecodeError, LoupeError, ProvenanceMismatchError
+from core.config import LoupeConfig
+from core.decode import DecodeLimits
+from core.errors import LoupeError
 from core.index.files import IndexMeta, index_dir, read_meta
 from core.index.source import PatchVectors
 from core.index.sync import current_index
+from search.query_encoding import DecodedQuery, QueryEncoder, QueryError, QueryImage, Vector
 
 logger = logging.getLogger(__name__)
 
-Vector = npt.NDArray[np.float32]
 MatchLabel = Literal["exact", "near-duplicate", "similar"]
 # How a result was matched (search.robust): the query as it is, mirrored or flipped, rotated, or by its
 # patch grid placed inside the photo's (a crop) or the photo's inside it (a border).
@@ -45,10 +44,6 @@ Box = tuple[int, int, int, int]
 
 
 GPU_SEARCH_MIN_VECTORS = 100_000
-
-
-class QueryError(LoupeError):
-    """A query cannot be answered as asked (unknown photo, unreadable image, bad vector)."""
 
 
 @dataclass(frozen=True)
@@ -79,29 +74,6 @@ class SearchResult:
         return data
 
 
-@dataclass(frozen=True)
-class DecodedQuery:
-    """A query image decoded (EXIF orientation applied, possibly reduced by draft decoding), its full
-    size in pixels and, when it came from bytes, their sha256."""
-
-    image: Image.Image
-    sha256: str | None
-    width: int
-    height: int
-
-
-@dataclass(frozen=True)
-class QueryImage:
-    """An encoded query: its vector, its pooled patch grid (when the index has patches), its size in
-    pixels (after EXIF orientation) and, when it came from bytes, their sha256 (for the exact label)."""
-
-    vector: Vector
-    sha256: str | None
-    width: int
-    height: int
-    patches: npt.NDArray[np.float32] | None = None
-
-
 class NearDuplicateThreshold(NamedTuple):
     """The near-duplicate threshold in use, and the calibration it comes from (None: the config's
     ``search.near_duplicate_threshold``, uncalibrated)."""
@@ -125,18 +97,6 @@ def folder_prefix(folder: str, sep: str = os.sep) -> str:
     return folder.rstrip(sep) + sep
 
 
-def _model_config_for(config: LoupeConfig, provenance: Provenance) -> ModelConfig:
-    """The model settings the index was built with: the build's saved config, at the recorded size."""
-    saved = config.data_dir / RESOLVED_CONFIG_FILE
-    model = config.model
-    if saved.exists():
-        try:
-            model = config_from_mapping(yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).model
-        except (ConfigError, yaml.YAMLError) as error:
-            logger.warning("ignoring %s: %s", saved, error)
-    return replace(model, network=provenance.model, image_size=provenance.image_size)
-
-
 class SearchEngine:
     """Nearest-neighbour queries over one collection. Create with :meth:`open`."""
 
@@ -149,16 +109,14 @@ class SearchEngine:
         self._meta: IndexMeta | None = None
         self._seen_revision = -1  # the catalog revision when the index was last (re)loaded
         self._patch_index: faiss.Index | None = None
-        self._encoder: Any = None
         # Query images (uploads, files on the command line) have their own, tighter bounds; indexed photos
         # are read back (thumbnails, full-size views) under the limits they were indexed with.
         self.query_limits = DecodeLimits(
             max_pixels=min(config.decode.max_pixels, config.search.max_query_pixels),
             max_file_bytes=config.search.max_query_bytes,
         )
-        self.photo_limits = DecodeLimits(
-            max_pixels=config.decode.max_pixels, max_file_bytes=config.decode.max_file_bytes
-        )
+        self.photo_limits = DecodeLimits.of(config.decode)
+        self.queries = QueryEncoder(config, provenance, self.query_limits)
 
     @classmethod
     def open(cls, config: LoupeConfig) -> SearchEngine:
@@ -249,97 +207,46 @@ class SearchEngine:
             return NearDuplicateThreshold(self.config.search.near_duplicate_threshold, None)
         return NearDuplicateThreshold(calibration.threshold, calibration)
 
-    # Encoding ------------------------------------------------------------------------------------
+    # Encoding (search.query_encoding) ----------------------------------------------------------
 
     def load_model(self) -> None:
         """Load the model now instead of on the first image query (for long-lived servers)."""
-        self._get_encoder()
-
-    def _get_encoder(self) -> Any:
-        with self._lock:
-            if self._encoder is None:
-                from core.encoder import Encoder, load_model, resolve_device
-
-                device = resolve_device(self.config.runtime.device)
-                model = load_model(_model_config_for(self.config, self.provenance), device)
-                if model.weights.sha256 != self.provenance.weights_sha256:
-                    raise ProvenanceMismatchError(
-                        f"the index was built with weights sha256 {self.provenance.weights_sha256} "
-                        f"({self.provenance.weights_source}); the model found now has {model.weights.sha256} "
-                        f"({model.weights.source}): queries would be compared in another space"
-                    )
-                runtime = self.config.runtime
-                self._encoder = Encoder(
-                    model, device, runtime.precision, runtime.min_cosine, parallel_images=runtime.parallel_images
-                )
-            return self._encoder
+        self.queries.encoder()
 
     def batch_size(self) -> int:
         """Photos per forward pass for batched queries (``runtime.batch_size``, 0 = automatic)."""
-        from core.encoder import resolve_batch_size
-
-        encoder = self._get_encoder()
-        return resolve_batch_size(self.config.runtime.batch_size, encoder.model, encoder.device)
+        return self.queries.batch_size()
 
     def decode_workers(self) -> int:
         """Decode worker processes for batched queries (``runtime.workers``, -1 = automatic)."""
-        from core.reader import resolve_workers
-
-        return resolve_workers(self.config.runtime.workers, self._get_encoder().device)
+        return self.queries.decode_workers()
 
     def encode_pixels(self, pixels: Any) -> Vector:
         """Embed a ``[B, 3, S, S]`` uint8 batch (from :func:`core.preprocess.model_pixels`)."""
-        # A forward pass in inference mode changes no module state, so threads may encode concurrently.
-        embeddings: Vector = self._get_encoder().encode(pixels).embeddings
-        return embeddings
+        return self.queries.encode_pixels(pixels)
 
     def encode_model_pixels(self, pixels: Any) -> tuple[Vector, npt.NDArray[np.float32] | None]:
-        """Unit vectors ``[B, D]`` and pooled patch grids ``[B, g, g, D]`` (None when the index has no
-        patches) of a ``[B, 3, S, S]`` uint8 batch, in one encoder call: one image as a fast query pass
-        (:meth:`Encoder.encode_query`), several (a query's flips and rotations) as one batch."""
-        from core.patches import pool_patches
-
-        encoder = self._get_encoder()
-        encoded = encoder.encode_query(pixels) if len(pixels) == 1 else encoder.encode(pixels)
-        grids = pool_patches(encoded.patches, self.patch_grid).astype(np.float32) if self.patch_grid else None
-        return encoded.embeddings, grids
+        """Unit vectors and pooled patch grids of a uint8 batch (:meth:`QueryEncoder.encode_model_pixels`)."""
+        return self.queries.encode_model_pixels(pixels)
 
     def encode_image(self, image: Image.Image, sha256: str | None = None) -> QueryImage:
-        """Encode an RGB-convertible PIL image with the indexer's preprocessing and model (patch grid
-        included when the index has patches), as one fast query pass (:meth:`Encoder.encode_query`)."""
-        from core.preprocess import model_pixels
-
-        pixels = model_pixels(image.convert("RGB"), self.provenance.image_size).unsqueeze(0)
-        vectors, grids = self.encode_model_pixels(pixels)
-        return QueryImage(vectors[0], sha256, image.width, image.height, None if grids is None else grids[0])
+        """Encode an RGB-convertible PIL image with the indexer's preprocessing and model."""
+        return self.queries.encode_image(image, sha256)
 
     def decode_query(self, image: Image.Image | bytes | Path) -> DecodedQuery:
         """A query given as a file path, bytes or a PIL image, decoded under the query limits."""
-        if isinstance(image, Image.Image):
-            return DecodedQuery(image.convert("RGB"), None, image.width, image.height)
-        if isinstance(image, Path):
-            try:
-                data = read_image_bytes(image, self.query_limits)
-            except DecodeError as error:
-                raise QueryError(f"{image}: {error}") from error
-        else:
-            data = bytes(image)
-        try:
-            decoded = decode_image(data, self.query_limits, min_side=self.provenance.image_size)
-        except DecodeError as error:
-            raise QueryError(f"cannot use this image: {error}") from error
-        return DecodedQuery(decoded.image, hashlib.sha256(data).hexdigest(), decoded.width, decoded.height)
+        return self.queries.decode_query(image)
 
     def encode_bytes(self, data: bytes) -> QueryImage:
         """Decode (EXIF orientation, colour modes, limits) and encode image bytes."""
-        return self._encode_decoded(self.decode_query(data))
+        return self.queries.encode_query(data)
 
     def encode_file(self, path: Path) -> QueryImage:
-        return self._encode_decoded(self.decode_query(path))
+        return self.queries.encode_query(path)
 
-    def _encode_decoded(self, decoded: DecodedQuery) -> QueryImage:
-        query = self.encode_image(decoded.image, decoded.sha256)
-        return replace(query, width=decoded.width, height=decoded.height)
+    def encode_query(self, image: Image.Image | bytes | Path) -> QueryImage:
+        """Encode a query given as a file path, bytes or a PIL image."""
+        return self.queries.encode_query(image)
 
     # Queries -------------------------------------------------------------------------------------
 
@@ -428,14 +335,6 @@ class SearchEngine:
         rescored = [(id_, float(np.dot(stored[id_], query))) for id_, _ in found if id_ in stored]
         rescored.sort(key=lambda item: -item[1])
         return rescored
-
-    def encode_query(self, image: Image.Image | bytes | Path) -> QueryImage:
-        """Encode a query given as a file path, bytes or a PIL image."""
-        if isinstance(image, Path):
-            return self.encode_file(image)
-        if isinstance(image, bytes | bytearray):
-            return self.encode_bytes(bytes(image))
-        return self.encode_image(image)
 
     def search_image(
         self, image: Image.Image | bytes | Path, k: int | None = None, **filters: Any

@@ -29,7 +29,8 @@ from sqlalchemy import text
 from core.catalog import Catalog, path_from_db
 from core.config import LoupeConfig
 from core.report import verify_collection
-from indexer.pipeline import BuildSummary, run_build
+from indexer.pipeline import run_build
+from indexer.summary import BuildSummary
 from search.apply_plan import Plan, parse_action, plan_actions
 from search.duplicates import find_duplicate_groups
 from search.engine import SearchEngine

@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from core.config import LoupeConfig, with_overrides
-from core.encoder import LoadedModel, load_model
 from core.image_threads import one_intra_op_thread
+from core.model import LoadedModel, load_model
 from core.settings import ENVIRONMENT_VARIABLES
 from indexer.pipeline import run_build
 from tests.pg_server import REQUIRE_ENV, PostgresServer, ServerUnavailableError

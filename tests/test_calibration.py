@@ -21,7 +21,8 @@ from core.catalog.calibrations import (
     describe_threshold,
     save_calibration,
 )
-from core.encoder import Encoder, LoadedModel
+from core.encoder import Encoder
+from core.model import LoadedModel
 from core.report import collection_status
 from indexer.calibrate import calibrate_if_due, embed_with, measure_scores
 from indexer.calibration import fit_threshold, precision_at

@@ -13,7 +13,8 @@ from PIL import Image
 
 from core.decode import _ORIENTATION_TRANSPOSE, DecodeLimits
 from core.device_decode import decode_on_device, jpeg_for_device, orient
-from core.encoder import Encoder, LoadedModel
+from core.encoder import Encoder
+from core.model import LoadedModel
 from core.reader import ReadResult, WorkItem, collate, finish_on_device, read_one
 from tests.conftest import TEST_IMAGE_SIZE
 

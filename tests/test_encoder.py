@@ -9,16 +9,9 @@ import torch
 from PIL import Image
 
 from core.config import ModelConfig
-from core.encoder import (
-    Encoder,
-    LoadedModel,
-    cpu_bf16_units,
-    load_model,
-    resolve_batch_size,
-    resolve_precision,
-    should_compile,
-)
+from core.encoder import Encoder, cpu_bf16_units, resolve_batch_size, resolve_precision, should_compile
 from core.errors import ConfigError
+from core.model import LoadedModel, load_model
 from core.preprocess import model_pixels, normalize
 from tests.conftest import OTHER_MEAN, OTHER_STD, PHOTOS, TEST_IMAGE_SIZE
 

@@ -16,7 +16,8 @@ from core.catalog import Catalog
 from core.index.files import index_dir, load_index, read_meta, write_index
 from core.index.source import encode_cell_ids
 from indexer.cli import main as indexer_main
-from indexer.pipeline import BuildSummary, run_build
+from indexer.pipeline import run_build
+from indexer.summary import BuildSummary
 from search.engine import SearchEngine
 from search.region import search_region
 from tests.conftest import call_in_process, small_config

@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from core.encoder import Encoder, LoadedModel
+from core.encoder import Encoder
 from core.image_threads import ImageThreads, idle_threads, one_intra_op_thread, resolve_parallel_images
+from core.model import LoadedModel
 from core.preprocess import model_pixels
 from tests.conftest import PHOTOS, TEST_IMAGE_SIZE
 

@@ -197,7 +197,7 @@ def test_the_wheel_ships_the_command_the_app_its_pages_and_the_migrations(tmp_pa
     app = ui.launch.APP.relative_to(REPO).as_posix()
     pages = re.findall(r'st\.Page\("([^"]+)"', ui.launch.APP.read_text(encoding="utf-8"))
     assert app in names and pages and {f"ui/{page}" for page in pages} <= names
-    shipped = {"loupe/cli.py", "core/config.py", "indexer/pipeline.py", "ui/launch.py", "ui/state.py"}
+    shipped = {"loupe/cli.py", "core/config/tree.py", "indexer/pipeline.py", "ui/launch.py", "ui/state.py"}
     assert shipped <= names
     migrations = {p.relative_to(REPO).as_posix() for p in (REPO / "core" / "migrations").rglob("*.py")}
     assert migrations | {"core/migrations/script.py.mako"} <= names

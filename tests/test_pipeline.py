@@ -13,7 +13,8 @@ from core.catalog import Catalog, bytes_to_vector
 from core.errors import ProvenanceMismatchError
 from core.index.files import index_dir, load_index
 from core.index.verify import check_index
-from indexer.pipeline import BuildSummary, run_build
+from indexer.pipeline import run_build
+from indexer.summary import BuildSummary
 from tests.conftest import small_config
 
 N_PHOTOS = 12

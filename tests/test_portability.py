@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.encoder import resolve_device
 from core.errors import ConfigError
 from core.index.files import _fsync_dir
 from core.lock import LOCK_FILE, MSVCRT_LOCK_OFFSET, BuildLockedError, exclusive_writer, lock_calls
+from core.model import resolve_device
 from search.engine import folder_prefix
 
 

@@ -24,27 +24,28 @@ import torch
 from PIL import Image, ImageOps
 
 from core.catalog import Catalog
+from core.config import RuntimeConfig
 from core.decode import DecodeLimits
-from core.encoder import Encoder, LoadedModel
+from core.encoder import Encoder
 from core.errors import ConfigError, EngineError, EngineUnavailableError, WeightsError
 from core.index.source import patch_vectors_of
 from core.index.verify import check_index
+from core.model import LoadedModel
 from core.patches import pool_patches
 from core.photo_metadata import PhotoMetadata
 from core.reader import ReadResult, WorkItem, read_one
-from indexer.pipeline import BuildSummary, run_build
-from indexer.ray_engine import (
+from indexer.engines.ray import (
     DecodeStage,
     EmbedStage,
     KnownHashes,
     _engine_error,
     _model_actors,
-    batch_outputs,
-    batch_to_results,
     job_runtime_env,
     require_ray,
-    results_to_batch,
 )
+from indexer.engines.ray_rows import batch_outputs, batch_to_results, results_to_batch
+from indexer.pipeline import run_build
+from indexer.summary import BuildSummary
 from search.engine import SearchEngine
 from tests.conftest import PHOTOS, RAY_REQUIRE_ENV, required_module, small_config
 
@@ -57,7 +58,7 @@ COUNTS = ("scanned", "unchanged", "new", "changed", "moved", "copied", "touched"
 
 @pytest.fixture(scope="session")
 def ray() -> ModuleType:
-    """Ray, with the Ray Data the engine runs on (``indexer.ray_engine.require_ray`` asks for the same)."""
+    """Ray, with the Ray Data the engine runs on (``indexer.engines.ray.require_ray`` asks for the same)."""
     required_module("ray.data", RAY_REQUIRE_ENV, "pip install 'loupe[ray]'")
     return importlib.import_module("ray")
 
@@ -277,13 +278,16 @@ def test_model_outputs_are_keyed_by_content() -> None:
 
 
 def test_model_actors_follow_the_cluster() -> None:
-    assert _model_actors(small_config(Path("d"), **{"runtime.device": "auto"}), {"CPU": 8.0}) == (1, 0.0)
-    assert _model_actors(small_config(Path("d"), **{"runtime.device": "auto"}), {"CPU": 8.0, "GPU": 4.0}) == (4, 1.0)
-    assert _model_actors(small_config(Path("d"), **{"runtime.device": "cpu"}), {"CPU": 8.0, "GPU": 4.0}) == (1, 0.0)
-    two = small_config(Path("d"), **{"runtime.device": "auto", "runtime.ray_actors": 2})
+    def runtime(**overrides: object) -> RuntimeConfig:
+        return small_config(Path("d"), **overrides).runtime
+
+    assert _model_actors(runtime(**{"runtime.device": "auto"}), {"CPU": 8.0}) == (1, 0.0)
+    assert _model_actors(runtime(**{"runtime.device": "auto"}), {"CPU": 8.0, "GPU": 4.0}) == (4, 1.0)
+    assert _model_actors(runtime(**{"runtime.device": "cpu"}), {"CPU": 8.0, "GPU": 4.0}) == (1, 0.0)
+    two = runtime(**{"runtime.device": "auto", "runtime.ray_actors": 2})
     assert _model_actors(two, {"CPU": 8.0, "GPU": 4.0}) == (2, 1.0)
     with pytest.raises(ConfigError, match="no GPU"):
-        _model_actors(small_config(Path("d"), **{"runtime.device": "cuda"}), {"CPU": 8.0})
+        _model_actors(runtime(**{"runtime.device": "cuda"}), {"CPU": 8.0})
 
 
 def test_missing_ray_is_a_typed_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

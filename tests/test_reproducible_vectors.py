@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 
 from core.catalog import Catalog
-from core.encoder import Encoder, LoadedModel
+from core.encoder import Encoder
+from core.model import LoadedModel
 from core.preprocess import model_pixels
 from indexer.pipeline import run_build
 from tests.conftest import PHOTOS, TEST_IMAGE_SIZE, small_config

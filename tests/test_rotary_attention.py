@@ -12,7 +12,8 @@ import torch
 from birder.net.rope_vit import RoPEAttention
 from PIL import Image
 
-from core.encoder import Encoder, LoadedModel, load_model
+from core.encoder import Encoder
+from core.model import LoadedModel, load_model
 from core.preprocess import model_pixels, normalize
 from core.rotary_attention import ComplexRotaryAttention, rotation_table, use_complex_rotary_attention
 from tests.conftest import PHOTOS, TEST_IMAGE_SIZE, small_config

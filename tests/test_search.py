@@ -101,7 +101,7 @@ def test_more_like_this_by_path_or_id_needs_no_model(collection: Path) -> None:
     assert photo.id not in [r.id for r in by_path]
     assert by_path[0].path.endswith("moon-exact-copy.jpg") and by_path[0].label == "exact"
     assert engine.search_similar(photo.id, 3, include_self=True)[0].id == photo.id
-    assert engine._encoder is None  # the model was never loaded
+    assert not engine.queries.loaded  # the model was never loaded
     engine.close()
 
 

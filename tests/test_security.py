@@ -22,8 +22,8 @@ from streamlit.testing.v1 import AppTest
 
 from core.catalog import Catalog
 from core.config import ModelConfig
-from core.encoder import load_model
 from core.errors import WeightsError
+from core.model import load_model
 from search.engine import SearchEngine
 from tests.conftest import (
     REPO,

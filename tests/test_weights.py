@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from core.config import ModelConfig
-from core.encoder import Encoder, load_model
+from core.encoder import Encoder
 from core.errors import WeightsError, WeightsUnavailableError
+from core.model import load_model
 from core.preprocess import normalize
 from core.weights import ensure_pretrained_file, pretrained_file, pretrained_file_name, sha256_file
 from tests.conftest import OTHER_MEAN, OTHER_STD

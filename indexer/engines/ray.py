@@ -1,19 +1,21 @@
 """The Ray engine: decode and embed on a Ray cluster, commit on the driver.
 
-Two Ray Data ``map_batches`` stages run over the files :func:`indexer.pipeline.plan_work` picked:
+:class:`RayEngine` (the interface: :class:`indexer.engines.base.BuildEngine`) runs two Ray Data
+``map_batches`` stages over the files :func:`indexer.pipeline.plan_work` picked:
 
 - :class:`DecodeStage`, an autoscaling pool of CPU actors, reads, hashes and decodes each file exactly like
   the local DataLoader workers (:func:`core.reader.read_one`); content already in the catalog is
   hashed but not decoded, and a corrupt file becomes a recorded failure, not an exception.
 - :class:`EmbedStage`, a pool of actors that each load the model once (one GPU per actor when the
-  cluster has GPUs), runs one forward pass per batch and sends back the embedding and the pooled patch
-  grid instead of the pixels.
+  cluster has GPUs), runs the same :class:`core.encoder.Encoder` as the local engine and sends back the
+  embedding and the pooled patch grid instead of the pixels (:mod:`indexer.engines.ray_rows`).
 
 The driver streams the results back with ``iter_batches`` (nothing is gathered whole) and hands each
 batch to the same :class:`~indexer.committer.BatchCommitter` as the local engine: same rows, same dedup
 by sha256, one transaction per batch, so a kill loses at most the batches in flight.
 
-Every node needs Loupe's dependencies; this package's code travels with the job (``py_modules``).
+Every node needs Loupe's dependencies; Loupe's code (``indexer`` and ``core``) travels with the job
+(``py_modules``).
 Weights: ``random`` rebuilds identical parameters from the seed on every node, a file path (or
 ``pretrained``'s ``models_dir``) must be readable at the same absolute path on every node. Each model
 actor checks that its weights hash equals the driver's before it embeds anything.
@@ -23,33 +25,29 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
-from datetime import datetime
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import numpy.typing as npt
 import torch
 
 import indexer
-from core.config import LoupeConfig, ModelConfig
+from core.config import ModelConfig, RuntimeConfig
 from core.decode import DecodeLimits
-from core.encoder import Encoder, LoadedModel, load_model, resolve_batch_size, resolve_device
+from core.encoder import Encoder, resolve_batch_size
 from core.errors import ConfigError, EngineError, EngineUnavailableError, LoupeError, WeightsError
-from core.patches import pool_patches
-from core.photo_metadata import PhotoMetadata
-from core.reader import ReadResult, WorkItem, read_one
-from core.weights import weights_kind
-from indexer.committer import BatchCommitter, ModelOutput
+from core.model import LoadedModel, load_model, resolve_device
+from core.reader import WorkItem, read_one
+from indexer.engines.ray_rows import Batch, batch_outputs, batch_to_results, blob_column, results_to_batch
 
 if TYPE_CHECKING:
     import ray.data
 
-logger = logging.getLogger(__name__)
+    from indexer.committer import BatchCommitter
+    from indexer.engines.base import OnBatch
 
-Batch = dict[str, npt.NDArray[Any]]
+logger = logging.getLogger(__name__)
 
 # Input blocks per cluster CPU: enough blocks that every decode actor has work, few enough that a
 # 20M-file plan does not become millions of tiny objects on the driver.
@@ -67,11 +65,13 @@ def require_ray() -> None:
 
 
 def job_runtime_env() -> dict[str, Any]:
-    """Ship this package with the job: workers import the driver's code, not whatever a node has installed."""
-    return {"py_modules": [str(Path(indexer.__file__).parent)]}
+    """Ship the code the stages run (this package and the shared core) with the job: workers import the
+    driver's code, not whatever a node has installed."""
+    package = Path(indexer.__file__).parent
+    return {"py_modules": [str(package), str(package.parent / "core")]}
 
 
-def connect(config: LoupeConfig) -> bool:
+def connect(runtime: RuntimeConfig) -> bool:
     """Join the configured cluster, or start a private instance; True when this call started Ray.
 
     A Ray already initialised in this process (a notebook, a test session) is used as it is; its job must
@@ -81,7 +81,6 @@ def connect(config: LoupeConfig) -> bool:
 
     if ray.is_initialized():
         return False
-    runtime = config.runtime
     verbose = logger.isEnabledFor(logging.INFO)
     options: dict[str, Any] = {
         "runtime_env": job_runtime_env(),
@@ -118,113 +117,6 @@ def _quiet_ray_data() -> None:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         # Its one warning here says that the bars are off, which is on purpose.
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
-
-
-def _worker_model_config(model: ModelConfig) -> ModelConfig:
-    """Absolute paths: a Ray worker's working directory is not the driver's."""
-    resolved = replace(model, models_dir=model.models_dir.expanduser().resolve())
-    if weights_kind(model.weights) == "file":
-        resolved = replace(resolved, weights=str(Path(model.weights).expanduser().resolve()))
-    return resolved
-
-
-# rows <-> results ------------------------------------------------------------------------------------
-#
-# Columns travel as Arrow: optional strings as "" and optional sizes as -1, pixels and vectors as raw
-# bytes (b"" where there are none), so a known or failed file costs a few bytes, not an empty image.
-
-
-def _text(values: Sequence[str | None]) -> npt.NDArray[Any]:
-    return np.array([v or "" for v in values], dtype=object)
-
-
-def _blob(values: Sequence[bytes]) -> npt.NDArray[Any]:
-    column = np.empty(len(values), dtype=object)
-    column[:] = values
-    return column
-
-
-def results_to_batch(results: Sequence[ReadResult]) -> Batch:
-    """Decode-stage output: one row per result, pixels as raw uint8 bytes."""
-    return {
-        "path": _text([r.item.path for r in results]),
-        "size_bytes": np.array([r.item.size_bytes for r in results], dtype=np.int64),
-        "mtime_ns": np.array([r.item.mtime_ns for r in results], dtype=np.int64),
-        "sha256": _text([r.sha256 for r in results]),
-        "width": np.array([-1 if r.width is None else r.width for r in results], dtype=np.int64),
-        "height": np.array([-1 if r.height is None else r.height for r in results], dtype=np.int64),
-        "known": np.array([r.known for r in results], dtype=bool),
-        "error_reason": _text([r.error_reason for r in results]),
-        "error_message": _text([r.error_message for r in results]),
-        "pixels": _blob([b"" if r.pixels is None else r.pixels.numpy().tobytes() for r in results]),
-        **_metadata_columns([r.metadata for r in results]),
-    }
-
-
-def _metadata_columns(metadata: Sequence[PhotoMetadata | None]) -> Batch:
-    """The header facts as columns ("" for none; ``metadata_read`` False where the header was not read)."""
-    known = [m or PhotoMetadata() for m in metadata]
-    return {
-        "metadata_read": np.array([m is not None for m in metadata], dtype=bool),
-        "file_format": _text([m.file_format for m in known]),
-        "capture_time": _text([None if m.capture_time is None else m.capture_time.isoformat() for m in known]),
-        "camera_make": _text([m.camera_make for m in known]),
-        "camera_model": _text([m.camera_model for m in known]),
-    }
-
-
-def _metadata_of_row(batch: Batch, i: int) -> PhotoMetadata | None:
-    if not bool(batch["metadata_read"][i]):
-        return None
-    capture = str(batch["capture_time"][i])
-    return PhotoMetadata(
-        file_format=str(batch["file_format"][i]) or None,
-        capture_time=datetime.fromisoformat(capture) if capture else None,
-        camera_make=str(batch["camera_make"][i]) or None,
-        camera_model=str(batch["camera_model"][i]) or None,
-    )
-
-
-def batch_to_results(batch: Batch, image_size: int | None = None) -> list[ReadResult]:
-    """The results of a batch; with ``image_size``, decoded rows get their pixels back as tensors."""
-    results: list[ReadResult] = []
-    pixel_column = batch.get("pixels")
-    for i in range(len(batch["path"])):
-        pixels = None
-        if image_size is not None and pixel_column is not None and len(pixel_column[i]):
-            flat = np.frombuffer(pixel_column[i], dtype=np.uint8)
-            pixels = torch.from_numpy(flat.reshape(3, image_size, image_size).copy())
-        results.append(
-            ReadResult(
-                item=WorkItem(
-                    path=str(batch["path"][i]),
-                    size_bytes=int(batch["size_bytes"][i]),
-                    mtime_ns=int(batch["mtime_ns"][i]),
-                ),
-                sha256=str(batch["sha256"][i]) or None,
-                width=None if batch["width"][i] < 0 else int(batch["width"][i]),
-                height=None if batch["height"][i] < 0 else int(batch["height"][i]),
-                pixels=pixels,
-                known=bool(batch["known"][i]),
-                error_reason=str(batch["error_reason"][i]) or None,
-                error_message=str(batch["error_message"][i]) or None,
-                metadata=_metadata_of_row(batch, i),
-            )
-        )
-    return results
-
-
-def batch_outputs(batch: Batch, dim: int, patch_grid: int) -> dict[str, ModelOutput]:
-    """The model outputs an embed-stage batch carries, by content hash."""
-    outputs: dict[str, ModelOutput] = {}
-    for sha256, embedding, patches in zip(batch["sha256"], batch["embedding"], batch["patches"], strict=True):
-        if not len(embedding) or sha256 in outputs:
-            continue
-        grid = None
-        if patch_grid:
-            grid = np.frombuffer(patches, dtype=np.float16).reshape(patch_grid, patch_grid, dim).copy()
-        outputs[str(sha256)] = ModelOutput(embedding=np.frombuffer(embedding, dtype=np.float32).copy(), patches=grid)
-    return outputs
 
 
 # stages ----------------------------------------------------------------------------------------------
@@ -298,6 +190,8 @@ class EmbedStage:
         threads: int,
         parallel_images: int = -1,
     ) -> None:
+        """``model_config`` with absolute paths (:func:`core.weights.resolved_model_config`): a Ray
+        worker's working directory is not the driver's."""
         torch.set_num_threads(threads)
         # Ray makes the GPU it assigned to this actor the only visible one: plain "cuda" is that GPU.
         resolved = resolve_device("cuda" if device.startswith("cuda") else device)
@@ -307,9 +201,10 @@ class EmbedStage:
                 f"the model actor's weights ({model.weights.source}, sha256 {model.weights.sha256[:12]}...) "
                 f"differ from the driver's (sha256 {weights_sha256[:12]}...): every node must read the same weights"
             )
-        self.encoder = Encoder(model, resolved, precision, min_cosine, parallel_images=parallel_images)
+        self.encoder = Encoder(
+            model, resolved, precision, min_cosine, parallel_images=parallel_images, patch_grid=patch_grid
+        )
         self.image_size = model.image_size
-        self.patch_grid = patch_grid
 
     def __call__(self, batch: Batch) -> Batch:
         results = batch_to_results(batch, self.image_size)
@@ -323,28 +218,28 @@ class EmbedStage:
         if first:
             rows = list(first.values())
             encoded = self.encoder.encode(torch.stack([results[i].pixels for i in rows]))  # type: ignore[misc]
-            grids = pool_patches(encoded.patches, self.patch_grid) if self.patch_grid else None
+            grids = encoded.grids
             for position, i in enumerate(rows):
                 embeddings[i] = np.ascontiguousarray(encoded.embeddings[position], dtype=np.float32).tobytes()
                 if grids is not None:
                     patches[i] = np.ascontiguousarray(grids[position]).tobytes()
         out = {key: value for key, value in batch.items() if key != "pixels"}
-        out["embedding"] = _blob(embeddings)
-        out["patches"] = _blob(patches)
+        out["embedding"] = blob_column(embeddings)
+        out["patches"] = blob_column(patches)
         return out
 
 
 # wiring ----------------------------------------------------------------------------------------------
 
 
-def _model_actors(config: LoupeConfig, cluster: dict[str, float]) -> tuple[int, float]:
+def _model_actors(runtime: RuntimeConfig, cluster: dict[str, float]) -> tuple[int, float]:
     """How many model actors, and the GPUs each reserves (0 on CPU-only clusters or with device cpu)."""
     gpus = int(cluster.get("GPU", 0))
-    device = config.runtime.device
+    device = runtime.device
     if device.startswith("cuda") and gpus == 0:
         raise ConfigError(f"runtime.device: {device!r} asked for, but the Ray cluster has no GPU")
     use_gpus = gpus > 0 and device != "cpu"
-    actors = config.runtime.ray_actors or (gpus if use_gpus else 1)
+    actors = runtime.ray_actors or (gpus if use_gpus else 1)
     return actors, 1.0 if use_gpus else 0.0
 
 
@@ -380,80 +275,105 @@ def _input_dataset(todo: Sequence[WorkItem], batch_size: int, cpus: int) -> ray.
     return ray.data.from_arrow(tables)
 
 
-def embed_with_ray(
-    config: LoupeConfig,
-    todo: Sequence[WorkItem],
-    known_hashes: frozenset[str],
-    model: LoadedModel,
-    patch_grid: int,
-    committer: BatchCommitter,
-    progress: Callable[[int], object],
-) -> None:
-    """Decode and embed ``todo`` on Ray, committing each batch through ``committer`` as it arrives."""
-    require_ray()
-    import ray
-    import ray.data
+class RayEngine:
+    """Decode and embed on Ray, commit on the driver (see the module doc and
+    :class:`indexer.engines.base.BuildEngine`).
 
-    started_here = connect(config)
-    try:
-        _quiet_ray_data()
-        cluster = ray.cluster_resources()
-        cpus = int(cluster.get("CPU", 1))
-        actors, gpus_per_actor = _model_actors(config, cluster)
-        actor_cpus = config.runtime.ray_actor_cpus
-        decoders = max(1, cpus - actors * actor_cpus)
-        logger.info(
-            "Ray cluster: %d CPUs, %d GPUs; %d model actor(s) with %g GPU and %d CPU each, up to %d decode actors",
-            cpus,
-            int(cluster.get("GPU", 0)),
-            actors,
-            gpus_per_actor,
-            actor_cpus,
-            decoders,
-        )
-        batch_size = resolve_batch_size(
-            config.runtime.batch_size, model, torch.device("cuda" if gpus_per_actor else "cpu")
-        )
-        limits = DecodeLimits(max_pixels=config.decode.max_pixels, max_file_bytes=config.decode.max_file_bytes)
-        decoded = _input_dataset(todo, batch_size, cpus).map_batches(
-            DecodeStage,
-            fn_constructor_kwargs={
-                "image_size": model.image_size,
-                "limits": limits,
-                # Ray Data stores the stage's arguments once in the object store.
-                "known_hashes": KnownHashes(known_hashes),
-            },
-            batch_size=batch_size,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=decoders),
-            num_cpus=1,
-        )
-        embedded = decoded.map_batches(
-            EmbedStage,
-            fn_constructor_kwargs={
-                "model_config": _worker_model_config(config.model),
-                "device": config.runtime.device,
-                "precision": config.runtime.precision,
-                "min_cosine": config.runtime.min_cosine,
-                "patch_grid": patch_grid,
-                "weights_sha256": model.weights.sha256,
-                "threads": actor_cpus,
-                "parallel_images": config.runtime.parallel_images,
-            },
-            batch_size=batch_size,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            num_cpus=actor_cpus,
-            num_gpus=gpus_per_actor,
-        )
+    ``model_config``: the model settings with absolute paths (:func:`core.weights.resolved_model_config`);
+    ``model``: the driver's copy, whose weights hash every model actor must match.
+    """
+
+    maker_device = "ray actors"
+    runs_model_here = False
+
+    def __init__(
+        self,
+        runtime: RuntimeConfig,
+        model_config: ModelConfig,
+        model: LoadedModel,
+        patch_grid: int,
+        limits: DecodeLimits,
+    ) -> None:
+        self.runtime = runtime
+        self.model_config = model_config
+        self.model = model
+        self.patch_grid = patch_grid
+        self.limits = limits
+        self._todo: Sequence[WorkItem] = ()
+        self._known_hashes: frozenset[str] = frozenset()
+
+    def start(self, todo: Sequence[WorkItem], known_hashes: frozenset[str]) -> None:
+        # Nothing runs before the cluster is joined, in :meth:`run`.
+        self._todo = todo
+        self._known_hashes = known_hashes
+
+    def stop(self) -> None:
+        self._todo = ()
+
+    def run(self, committer: BatchCommitter, on_batch: OnBatch) -> None:
+        require_ray()
+        import ray
+        import ray.data
+
+        runtime, model, patch_grid = self.runtime, self.model, self.patch_grid
+        started_here = connect(runtime)
         try:
-            for batch in embedded.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=2):
-                committer.commit(batch_to_results(batch), batch_outputs(batch, model.dim, patch_grid))
-                progress(len(batch["path"]))
-        except LoupeError:
-            raise
-        except ray.exceptions.RayError as error:
-            raise _engine_error(error) from error
-    finally:
-        if started_here:
-            ray.shutdown()
+            _quiet_ray_data()
+            cluster = ray.cluster_resources()
+            cpus = int(cluster.get("CPU", 1))
+            actors, gpus_per_actor = _model_actors(runtime, cluster)
+            actor_cpus = runtime.ray_actor_cpus
+            decoders = max(1, cpus - actors * actor_cpus)
+            logger.info(
+                "Ray cluster: %d CPUs, %d GPUs; %d model actor(s) with %g GPU and %d CPU each, up to %d decode actors",
+                cpus,
+                int(cluster.get("GPU", 0)),
+                actors,
+                gpus_per_actor,
+                actor_cpus,
+                decoders,
+            )
+            batch_size = resolve_batch_size(
+                runtime.batch_size, model, torch.device("cuda" if gpus_per_actor else "cpu")
+            )
+            decoded = _input_dataset(self._todo, batch_size, cpus).map_batches(
+                DecodeStage,
+                fn_constructor_kwargs={
+                    "image_size": model.image_size,
+                    "limits": self.limits,
+                    # Ray Data stores the stage's arguments once in the object store.
+                    "known_hashes": KnownHashes(self._known_hashes),
+                },
+                batch_size=batch_size,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=decoders),
+                num_cpus=1,
+            )
+            embedded = decoded.map_batches(
+                EmbedStage,
+                fn_constructor_kwargs={
+                    "model_config": self.model_config,
+                    "device": runtime.device,
+                    "precision": runtime.precision,
+                    "min_cosine": runtime.min_cosine,
+                    "patch_grid": patch_grid,
+                    "weights_sha256": model.weights.sha256,
+                    "threads": actor_cpus,
+                    "parallel_images": runtime.parallel_images,
+                },
+                batch_size=batch_size,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=actors),
+                num_cpus=actor_cpus,
+                num_gpus=gpus_per_actor,
+            )
+            try:
+                for batch in embedded.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=2):
+                    on_batch(committer.commit(batch_to_results(batch), batch_outputs(batch, model.dim, patch_grid)))
+            except LoupeError:
+                raise
+            except ray.exceptions.RayError as error:
+                raise _engine_error(error) from error
+        finally:
+            if started_here:
+                ray.shutdown()
