@@ -1,6 +1,7 @@
-"""Typed exceptions raised by the indexer library.
+"""Typed exceptions raised by Loupe's library code (core, indexer, search).
 
-Library code raises these; only the CLI (and later the UI) turns them into messages and exit codes.
+Library code raises these; only the CLIs (:mod:`core.command_line`) and the UI turn them into messages and
+exit codes.
 """
 
 from __future__ import annotations

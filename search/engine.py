@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +26,7 @@ from PIL import Image
 
 from core.catalog import Catalog, PhotoRecord, Provenance
 from core.catalog.calibrations import Calibration, current_calibration
+from core.catalog.decisions import Decisions, load_decisions
 from core.config import LoupeConfig
 from core.decode import DecodeLimits
 from core.errors import LoupeError
@@ -343,6 +344,28 @@ class SearchEngine:
         query = self.encode_query(image)
         query_path = str(image.expanduser().resolve()) if isinstance(image, Path) else None
         return self.search_vector(query.vector, k, query_sha256=query.sha256, query_path=query_path, **filters)
+
+    # The collection's photos, for callers above search (the UI) that must not reach into the catalog.
+
+    def photos(self, ids: Iterable[int]) -> dict[int, PhotoRecord]:
+        """Indexed photos by id (ids that are not indexed photos are left out)."""
+        return self.catalog.photos(ids)
+
+    def find_photos(self, name_contains: str, limit: int = 50) -> list[PhotoRecord]:
+        """Indexed photos whose path contains ``name_contains`` (case-insensitive), by path."""
+        return self.catalog.find_photos(name_contains, limit=limit)
+
+    def photo_ids(self) -> list[int]:
+        """The ids of every indexed photo, sorted."""
+        return [int(i) for i in self.catalog.indexed_ids()[0]]
+
+    def revision(self) -> int:
+        """The catalog's revision: it changes with every build, reindex, apply or undo."""
+        return self.catalog.revision()
+
+    def decisions(self) -> Decisions:
+        """The curator's decisions in force: dismissed pairs and pinned keepers."""
+        return load_decisions(self.catalog)
 
     def photo(self, id_or_path: int | str | Path) -> PhotoRecord:
         """An indexed photo by catalog id or by path (resolved like the indexer stores it)."""

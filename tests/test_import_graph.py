@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,3 +104,30 @@ def test_the_write_side_imports_nothing_of_the_read_side() -> None:
 @pytest.mark.parametrize("module", sorted(set(_modules()) - SCRIPTS))
 def test_every_module_imports(module: str) -> None:
     importlib.import_module(module)
+
+
+def test_no_library_module_is_over_400_lines() -> None:
+    """Small modules with one job each (docs/architecture.md); migrations are data, not library code."""
+    sizes = {name: len(path.read_text(encoding="utf-8").splitlines()) for name, path in _modules().items()}
+    assert len(sizes) > 100
+    assert {name: lines for name, lines in sizes.items() if lines > 400} == {}
+
+
+def test_the_layer_contracts_hold_and_can_break(tmp_path: Path) -> None:
+    """The import-linter contracts of pyproject.toml hold for the code, and fail for code that breaks one
+    (a core module importing the search engine), so the check in CI is not one that cannot fail."""
+    command = [sys.executable, "-c", "from importlinter.cli import lint_imports_command; lint_imports_command()"]
+    kept = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert kept.returncode == 0, kept.stdout + kept.stderr
+    assert kept.stdout.count("KEPT") == 3
+
+    copy = tmp_path / "repo"
+    for package in PACKAGES:
+        shutil.copytree(REPO / package, copy / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", copy / "pyproject.toml")
+    errors = copy / "core" / "errors.py"
+    errors.write_text(errors.read_text(encoding="utf-8") + "\nimport search.engine  # noqa\n", encoding="utf-8")
+    environment = {**os.environ, "PYTHONPATH": str(copy)}
+    broken = subprocess.run(command, cwd=copy, capture_output=True, text=True, timeout=300, env=environment)
+    assert broken.returncode != 0
+    assert "core.errors -> search.engine" in broken.stdout

@@ -75,15 +75,15 @@ def pick_indexed_photo(engine: SearchEngine, key: str) -> PhotoRecord | None:
         st.session_state[state_key] = st.session_state.pop(f"{key}-more-like")
     name = st.text_input("File name contains", key=f"{key}-name", placeholder="e.g. IMG_2041 or harbour")
     if name:
-        options = engine.catalog.find_photos(name, limit=50)
+        options = engine.find_photos(name, limit=50)
     else:
         if st.button("Random sample", key=f"{key}-shuffle") or f"{key}-sample" not in st.session_state:
-            indexed, _ = engine.catalog.indexed_ids()
-            st.session_state[f"{key}-sample"] = random.sample(indexed.tolist(), min(20, len(indexed)))
-        options = list(engine.catalog.photos(st.session_state[f"{key}-sample"]).values())
+            indexed = engine.photo_ids()
+            st.session_state[f"{key}-sample"] = random.sample(indexed, min(20, len(indexed)))
+        options = list(engine.photos(st.session_state[f"{key}-sample"]).values())
     picked_id = st.session_state.get(state_key)
     if not name and picked_id is not None and picked_id not in {photo.id for photo in options}:
-        options = [*engine.catalog.photos([picked_id]).values(), *options]
+        options = [*engine.photos([picked_id]).values(), *options]
     if not options:
         st.info("No indexed photo matches that name.")
         return None
@@ -159,7 +159,7 @@ def compare_view(engine: SearchEngine, query: QueryChoice, key: str) -> None:
     chosen = st.session_state.get(f"{key}-compare")
     if chosen is None:
         return
-    photos = engine.catalog.photos([chosen])
+    photos = engine.photos([chosen])
     if chosen not in photos:
         st.session_state.pop(f"{key}-compare", None)
         return

@@ -26,7 +26,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.catalog import Catalog, PhotoRecord
-from core.catalog.decisions import Decisions, dismiss, keep, load_decisions, unkeep
+from core.catalog.decisions import Decisions, dismiss, keep, unkeep
 from core.config import LoupeConfig
 from core.errors import LoupeError
 from search.apply_plan import is_under
@@ -55,8 +55,8 @@ GroupsKey = tuple[float, int, Decisions]
 def current_groups(engine: SearchEngine, threshold: float) -> tuple[list[DuplicateGroup], GroupsKey]:
     """The groups at ``threshold``, computed again only when the threshold, the catalog (a build, an apply,
     an undo) or the stored decisions changed; and the key they were computed for."""
-    decisions = load_decisions(engine.catalog)
-    key: GroupsKey = (threshold, engine.catalog.revision(), decisions)
+    decisions = engine.decisions()
+    key: GroupsKey = (threshold, engine.revision(), decisions)
     if st.session_state.get(f"{KEY}-key") != key:
         with st.spinner("Grouping..."):
             st.session_state[f"{KEY}-groups"] = find_duplicate_groups(engine, threshold, decisions=decisions)
@@ -111,7 +111,7 @@ def review_page(engine: SearchEngine, groups: Sequence[DuplicateGroup], position
     decision buttons. Only these groups' photos are read: their catalog rows, thumbnails and sheets."""
     shown = [groups[position] for position in positions]
     data_dir = engine.config.data_dir
-    records = engine.catalog.photos(member.id for group in shown for member in group.members)
+    records = engine.photos(member.id for group in shown for member in group.members)
     # Thumbnails made at the tile size, then one sheet per group, in threads (decoding releases the GIL).
     images = thumbnails(data_dir, records.values(), engine.photo_limits, side=TILE)
     with ThreadPoolExecutor(max_workers=THUMBNAIL_THREADS, thread_name_prefix="contact-sheet") as pool:

@@ -44,7 +44,7 @@ if query is not None:
         st.stop()
     elapsed_ms = (time.perf_counter() - started) * 1000
     st.caption(f"{len(found.matches)} photos in {elapsed_ms:.0f} ms (region snapped to {found.query_box})")
-    photos = engine.catalog.photos([m.id for m in found.matches])
+    photos = engine.photos([m.id for m in found.matches])
     items: list[tuple[PhotoRecord, str, Image.Image | None]] = []
     for match in found.matches:
         photo = photos.get(match.id)

@@ -45,7 +45,7 @@ if query is not None:
         st.stop()
     elapsed = time.perf_counter() - started
     st.caption(f"{len(results)} results in {elapsed * 1000:.0f} ms")
-    photos = engine.catalog.photos([r.id for r in results])
+    photos = engine.photos([r.id for r in results])
 
     def more_like(photo_id: int) -> None:
         st.session_state[f"{KEY}-more-like"] = photo_id
