@@ -21,9 +21,9 @@ from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from core.catalog import schema
 from core.catalog.reads import PhotoReads
 from core.catalog.records import Provenance
+from core.catalog.schema import require_current, upgrade
 from core.catalog.tables import SCHEMA_VERSION, Base, CatalogState, ProvenanceRecord
 from core.catalog.urls import error_without_password, redact_url
 from core.catalog.vectors import VectorReads
@@ -72,10 +72,10 @@ class Catalog(PhotoReads, VectorReads, CatalogWrites):
                 )
         try:
             if create:
-                schema.upgrade(url, shown)
+                upgrade(url, shown)
             engine = _engine(url)
             if not create:
-                schema.require_current(engine, shown)
+                require_current(engine, shown)
             _check_schema(engine, shown)
         except SQLAlchemyError as error:
             raise CatalogError(f"cannot open catalog {shown}: {error_without_password(error, parsed)}") from error
