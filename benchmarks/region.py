@@ -211,6 +211,10 @@ def main() -> int:
         "seed": args.seed,
         "regions": len(planted),
         "textured": sum(region.kind == "textured" for region in planted),
+        "mean_edge_density": {
+            kind: round(float(np.mean([r.edge_density for r in planted if r.kind == kind] or [0.0])), 2)
+            for kind in GROUPS[1:]
+        },
         "targets_per_region": args.targets,
         "distractors": distractors,
         "sizes": {},
