@@ -168,6 +168,9 @@ def main() -> int:
     )
     parser.add_argument("--no-forward", action="store_true", help="with --scale, skip timing the forward pass")
     parser.add_argument(
+        "--unverified", action="store_true", help="with --scale, also time re-ranking without the spatial check"
+    )
+    parser.add_argument(
         "--image-size", type=int, nargs="+", default=[256, 512], help="model input sizes (default 256 512)"
     )
     parser.add_argument("--regions", type=int, default=32, help="regions cut and pasted (default 32)")
@@ -185,7 +188,7 @@ def main() -> int:
         workdir = args.workdir or Path(tempfile.mkdtemp(prefix="loupe-region-scale-"))
         shutil.rmtree(workdir / "data", ignore_errors=True)
         scale_report = region_scale.run_scale(
-            args.scale, workdir, args.queries, args.seed, args.per_candidate, not args.no_forward
+            args.scale, workdir, args.queries, args.seed, args.per_candidate, not args.no_forward, args.unverified
         )
         if args.json:
             print(json.dumps(scale_report, indent=2))

@@ -305,8 +305,10 @@ def _rerank_one_by_one(
         )
         score = placement.score
         if verify:
-            sides = [np.array([value]) for value in (placement.top, placement.left, placement.rows, placement.cols)]
-            score = float(verified_scores(np.array([score]), similarity[None], *sides, weights)[0])
+            top, left, rows, cols = (
+                np.array([value]) for value in (placement.top, placement.left, placement.rows, placement.cols)
+            )
+            score = float(verified_scores(np.array([score]), similarity[None], top, left, rows, cols, weights)[0])
         heatmap = similarity.reshape(-1, stored_grid.grid, stored_grid.grid).max(axis=0)
         found.append(Reranked(photo_id, score, placement.top, placement.left, placement.rows, placement.cols, heatmap))
     return found
