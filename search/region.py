@@ -12,6 +12,9 @@
    the cells it aligns. The best placement is the match; the query box, carried through it, is the
    matched box. Requiring the cells to line up in the same layout is
    the spatial-consistency check that a bag of best matches lacks.
+4. Verification (:mod:`search.region_verify`): the placement's score gains a bonus for the share of
+   query cells whose best match anywhere in the photo is where the placement puts them, and whose
+   aligned photo cell likes them best in return; this, not the placement, orders the candidates.
 
 Steps 2 and 3 run over all candidates at once (:mod:`search.region_batch`); :func:`best_placement` is the
 one-photo form that robust queries' local re-scoring uses, and the reference the batches are tested
