@@ -1,19 +1,23 @@
 """Region-search benchmark: find the photos a region was pasted into, and where.
 
-Seeded and rerunnable. From real photos it cuts a region out of each of a few "source" photos and pastes
-it, rescaled by 0.5x to 2x and at a random place, into several "target" photos; other photos are added
-unchanged as distractors. The targets and distractors are indexed (the sources are not), then each
-source region is queried two ways:
+Seeded and rerunnable. Regions are cut out of "source" photos, half of them textured and half plain, and
+pasted at 0.5x to 2x into "target" photos reshaped to landscape, portrait, square, small and large hosts;
+the photos hosts were made from are indexed unchanged as distractors (the sources are not indexed).
+``benchmarks/region_collection.py`` says how regions, hosts and the tune/report split are chosen. Each
+region is queried two ways:
 
-- region search: ``search_region(source photo, box of the region)``;
+- region search: ``search_region(source photo, box of the region)``, and the same with the spatial
+  verification off (``search.region_verify``; how region search scored before it);
 - baseline: whole-image search with the cut-out region as the query image.
 
-It prints recall@1 (the top result contains the region), recall@10 (share of the region's targets in
-the top 10) and the mean IoU between returned and true boxes over the targets found (the baseline's box
-is the whole photo).
+Per image size it prints recall@1 (the top result holds the region), recall@10 (share of the region's
+targets in the top 10), the mean IoU between returned and true boxes over the targets found, and the
+share of all targets found in the top 10 with IoU >= 0.5 (the baseline's box is the whole photo), for
+all regions and for textured and plain ones apart. ``--split tune`` is for trying changes; report
+figures from ``--split report`` (the default), whose photos tuning never saw.
 
-    python benchmarks/region.py ../shared/photos --image-size 128
-    python benchmarks/region.py ../shared/photos --image-size 512 --json
+    python benchmarks/region.py ../shared/photos --image-size 256 512
+    python benchmarks/region.py ../shared/photos --split tune --image-size 256 --json
 
 ``--scale N`` measures query latency instead, over a catalog of N photos' synthetic grids and the patch
 index the indexer would choose for them (``benchmarks/region_scale.py`` says what is synthetic):
@@ -30,7 +34,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,20 +45,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import region_scale  # noqa: E402
+from benchmarks.region_collection import PlantedRegion, make_collection  # noqa: E402
 from core.config import LoupeConfig, with_overrides  # noqa: E402
 from core.settings import resolve_settings  # noqa: E402
 from indexer.pipeline import run_build  # noqa: E402
 from search.engine import SearchEngine  # noqa: E402
-from search.region import Box, search_region  # noqa: E402
+from search.region import Box, RegionResults, match_region  # noqa: E402
 
-Truth = dict[str, Box]  # target file name -> pasted box
-
-
-@dataclass(frozen=True)
-class PlantedRegion:
-    source: Path
-    box: Box
-    targets: Truth
+RegionSearch = Callable[[SearchEngine, PlantedRegion, int, bool], RegionResults]
+METHODS = ("region search", "region search, unverified", "whole-image baseline")
+GROUPS = ("all", "textured", "plain")
 
 
 def iou(a: Box, b: Box) -> float:
@@ -65,88 +65,97 @@ def iou(a: Box, b: Box) -> float:
     return inter / union if union else 0.0
 
 
-def make_collection(
-    photos: list[Path], out: Path, objects: int, targets_per_object: int, distractors: int, seed: int
-) -> list[PlantedRegion]:
-    """Write targets (with pasted regions) and distractors into ``out``; return the ground truth."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(photos))
-    needed = objects * (1 + targets_per_object) + distractors
-    if len(photos) < needed:
-        raise SystemExit(f"need {needed} photos, found {len(photos)}")
-    picked = [photos[i] for i in order[:needed]]
-    sources, rest = picked[:objects], picked[objects:]
-    target_pool, distractor_photos = rest[: objects * targets_per_object], rest[objects * targets_per_object :]
-    out.mkdir(parents=True)
-    planted: list[PlantedRegion] = []
-    for number, source in enumerate(sources):
-        with Image.open(source) as opened:
-            image = opened.convert("RGB")
-        side = min(image.size)
-        width = int(side * rng.uniform(0.3, 0.45))
-        height = int(width * rng.uniform(0.75, 1.33))
-        x0 = int(rng.integers(0, image.width - width + 1))
-        y0 = int(rng.integers(0, image.height - height + 1))
-        box: Box = (x0, y0, x0 + width, y0 + height)
-        region = image.crop(box)
-        truth: Truth = {}
-        for t in range(targets_per_object):
-            with Image.open(target_pool[number * targets_per_object + t]) as opened:
-                target = opened.convert("RGB")
-            scale = float(rng.uniform(0.5, 2.0))
-            # Keep the pasted region inside the target and at most 60% of its smaller side.
-            scale = min(scale, 0.6 * min(target.size) / max(region.size))
-            pasted = region.resize(
-                (max(8, int(region.width * scale)), max(8, int(region.height * scale))), Image.Resampling.BICUBIC
-            )
-            px = int(rng.integers(0, target.width - pasted.width + 1))
-            py = int(rng.integers(0, target.height - pasted.height + 1))
-            target.paste(pasted, (px, py))
-            name = f"object{number:02d}-target{t}.jpg"
-            target.save(out / name, quality=90)
-            truth[name] = (px, py, px + pasted.width, py + pasted.height)
-        planted.append(PlantedRegion(source=source, box=box, targets=truth))
-    for photo in distractor_photos:
-        shutil.copy(photo, out / f"distractor-{photo.name}")
-    return planted
+def default_search(engine: SearchEngine, region: PlantedRegion, k: int, verify: bool = True) -> RegionResults:
+    """Region search from an encoded query; ``verify=False`` scores placements without the
+    spatial-consistency check (:mod:`search.region_verify`), as region search did before it."""
+    query = engine.encode_query(region.source)
+    if query.patches is None:
+        raise ValueError("the index has no patch grids")
+    return match_region(
+        engine.catalog,
+        engine.patch_index(),
+        engine.config.patches,
+        query.patches,
+        (query.width, query.height),
+        region.box,
+        k,
+        verify=verify,
+    )
 
 
-def evaluate(engine: SearchEngine, planted: list[PlantedRegion], k: int = 10) -> dict[str, dict[str, float]]:
-    rows: dict[str, dict[str, list[float]]] = {
-        "region search": {"r1": [], "r10": [], "iou": []},
-        "whole-image baseline": {"r1": [], "r10": [], "iou": []},
+def score_region(region: PlantedRegion, found: list[tuple[str, Box]]) -> dict[str, Any]:
+    """One query's figures from its ranked (file name, box) list."""
+    names = [name for name, _ in found]
+    ious = [iou(box, truth) for name, box in found if (truth := region.target_box(name)) is not None]
+    return {
+        "r1": float(bool(names) and region.target_box(names[0]) is not None),
+        "r10": len(ious) / len(region.targets),
+        "ious": ious,
+        "located": sum(value >= 0.5 for value in ious) / len(region.targets),
     }
-    for region in planted:
-        found = search_region(engine, region.source, region.box, k)
-        names = [Path(m.path).name for m in found.matches]
-        rows["region search"]["r1"].append(float(bool(names) and names[0] in region.targets))
-        rows["region search"]["r10"].append(sum(n in region.targets for n in names) / len(region.targets))
-        for match in found.matches:
-            name = Path(match.path).name
-            if name in region.targets:
-                rows["region search"]["iou"].append(iou(match.box, region.targets[name]))
 
+
+def summarise(scored: list[dict[str, Any]]) -> dict[str, float]:
+    ious = [value for row in scored for value in row["ious"]]
+    return {
+        "regions": float(len(scored)),
+        "recall@1": round(float(np.mean([row["r1"] for row in scored])), 3) if scored else 0.0,
+        "recall@10": round(float(np.mean([row["r10"] for row in scored])), 3) if scored else 0.0,
+        "mean_iou": round(float(np.mean(ious)), 3) if ious else 0.0,
+        "iou>=0.5": round(float(np.mean([row["located"] for row in scored])), 3) if scored else 0.0,
+    }
+
+
+def evaluate(
+    engine: SearchEngine, planted: list[PlantedRegion], k: int = 10, search: RegionSearch = default_search
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Both methods' figures, for all regions and by kind (textured, plain)."""
+    scored: dict[str, list[tuple[str, dict[str, Any]]]] = {method: [] for method in METHODS}
+    for region in planted:
+        for method, verify in (("region search", True), ("region search, unverified", False)):
+            found = search(engine, region, k, verify)
+            pairs = [(Path(m.path).name, m.box) for m in found.matches[:k]]
+            scored[method].append((region.kind, score_region(region, pairs)))
         with Image.open(region.source) as opened:
             crop = opened.convert("RGB").crop(region.box)
         baseline = engine.search_image(crop, k)
-        names = [Path(r.path).name for r in baseline]
-        rows["whole-image baseline"]["r1"].append(float(bool(names) and names[0] in region.targets))
-        rows["whole-image baseline"]["r10"].append(sum(n in region.targets for n in names) / len(region.targets))
-        for result in baseline:
-            name = Path(result.path).name
-            if name in region.targets:
-                rows["whole-image baseline"]["iou"].append(
-                    iou((0, 0, result.width, result.height), region.targets[name])
-                )
+        pairs = [(Path(r.path).name, (0, 0, r.width, r.height)) for r in baseline]
+        scored["whole-image baseline"].append((region.kind, score_region(region, pairs)))
     return {
-        method: {
-            "recall@1": float(np.mean(values["r1"])),
-            "recall@10": float(np.mean(values["r10"])),
-            "mean_iou": float(np.mean(values["iou"])) if values["iou"] else 0.0,
-            "boxes": float(len(values["iou"])),
-        }
-        for method, values in rows.items()
+        method: {group: summarise([row for kind, row in rows if group in ("all", kind)]) for group in GROUPS}
+        for method, rows in scored.items()
     }
+
+
+def build_engine(collection: Path, data: Path, image_size: int, weights: str) -> tuple[SearchEngine, int, float]:
+    """Index ``collection`` into ``data`` at ``image_size``; the engine, photos indexed and seconds."""
+    shutil.rmtree(data, ignore_errors=True)
+    config: LoupeConfig = with_overrides(
+        resolve_settings().config,  # the user's settings (config file, models dir), as every command
+        {"data_dir": data, "model.weights": weights, "model.image_size": image_size, "runtime.device": "cpu"},
+    )
+    started = time.perf_counter()
+    summary = run_build(config, [collection], show_progress=False)
+    return SearchEngine.open(config), summary.new, time.perf_counter() - started
+
+
+def print_report(report: dict[str, Any]) -> None:
+    print(
+        f"region benchmark ({report['split']} split): {report['regions']} regions x {report['targets_per_region']} "
+        f"targets + {report['distractors']} distractors, {report['weights']} weights, seed {report['seed']}"
+    )
+    print(f"{'px':>4} {'method':<26} {'regions':<9} {'recall@1':>8} {'recall@10':>9} {'mean IoU':>8} {'IoU>=.5':>7}")
+    for size, run in report["sizes"].items():
+        for method, groups in run["results"].items():
+            for group, row in groups.items():
+                print(
+                    f"{size:>4} {method:<26} {group:<9} {row['recall@1']:>8.3f} {row['recall@10']:>9.3f} "
+                    f"{row['mean_iou']:>8.3f} {row['iou>=0.5']:>7.3f}"
+                )
+        print(
+            f"{size:>4} px: {run['indexed_photos']} photos, patch grid {run['patch_grid']}, build {run['build_s']} s, "
+            f"{run['seconds_per_query'] * 1000:.0f} ms per query"
+        )
 
 
 def main() -> int:
@@ -158,10 +167,17 @@ def main() -> int:
         "--per-candidate", action="store_true", help="with --scale, also time the per-candidate re-ranking (before)"
     )
     parser.add_argument("--no-forward", action="store_true", help="with --scale, skip timing the forward pass")
-    parser.add_argument("--image-size", type=int, default=128, help="model input size (default 128)")
-    parser.add_argument("--objects", type=int, default=12, help="regions cut and pasted (default 12)")
-    parser.add_argument("--targets", type=int, default=3, help="photos each region is pasted into (default 3)")
-    parser.add_argument("--distractors", type=int, default=40, help="unchanged photos added (default 40)")
+    parser.add_argument(
+        "--unverified", action="store_true", help="with --scale, also time re-ranking without the spatial check"
+    )
+    parser.add_argument(
+        "--image-size", type=int, nargs="+", default=[256, 512], help="model input sizes (default 256 512)"
+    )
+    parser.add_argument("--regions", type=int, default=32, help="regions cut and pasted (default 32)")
+    parser.add_argument("--targets", type=int, default=2, help="hosts each region is pasted into (default 2)")
+    parser.add_argument(
+        "--split", choices=("tune", "report"), default="report", help="photo half to use (default report)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--weights", default="random", help="random (default), pretrained or a .pt path")
     parser.add_argument("--workdir", type=Path, help="keep the generated collection and index here")
@@ -172,7 +188,7 @@ def main() -> int:
         workdir = args.workdir or Path(tempfile.mkdtemp(prefix="loupe-region-scale-"))
         shutil.rmtree(workdir / "data", ignore_errors=True)
         scale_report = region_scale.run_scale(
-            args.scale, workdir, args.queries, args.seed, args.per_candidate, not args.no_forward
+            args.scale, workdir, args.queries, args.seed, args.per_candidate, not args.no_forward, args.unverified
         )
         if args.json:
             print(json.dumps(scale_report, indent=2))
@@ -186,45 +202,43 @@ def main() -> int:
 
     photos = sorted(p for p in args.photos.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="loupe-region-"))
-    collection, data = workdir / "collection", workdir / "data"
+    collection = workdir / "collection"
     shutil.rmtree(collection, ignore_errors=True)
-    shutil.rmtree(data, ignore_errors=True)
-    planted = make_collection(photos, collection, args.objects, args.targets, args.distractors, args.seed)
-    config: LoupeConfig = with_overrides(
-        resolve_settings().config,  # the user's settings (config file, models dir), as every command
-        {"data_dir": data, "model.weights": args.weights, "model.image_size": args.image_size, "runtime.device": "cpu"},
-    )
-    started = time.perf_counter()
-    summary = run_build(config, [collection], show_progress=False)
-    build_s = time.perf_counter() - started
-    engine = SearchEngine.open(config)
-    started = time.perf_counter()
-    results = evaluate(engine, planted)
-    query_s = (time.perf_counter() - started) / max(1, 2 * len(planted))
+    try:
+        planted, distractors = make_collection(photos, collection, args.regions, args.targets, args.split, args.seed)
+    except ValueError as error:
+        parser.error(str(error))
     report: dict[str, Any] = {
-        "image_size": args.image_size,
+        "split": args.split,
         "weights": args.weights,
-        "patch_grid": engine.patch_grid,
-        "objects": args.objects,
-        "targets_per_object": args.targets,
-        "indexed_photos": summary.new,
-        "build_s": round(build_s, 1),
-        "seconds_per_query": round(query_s, 3),
-        "results": results,
+        "seed": args.seed,
+        "regions": len(planted),
+        "textured": sum(region.kind == "textured" for region in planted),
+        "mean_edge_density": {
+            kind: round(float(np.mean([r.edge_density for r in planted if r.kind == kind] or [0.0])), 2)
+            for kind in GROUPS[1:]
+        },
+        "targets_per_region": args.targets,
+        "distractors": distractors,
+        "sizes": {},
     }
-    engine.close()
+    for size in args.image_size:
+        engine, indexed, build_s = build_engine(collection, workdir / f"data-{size}", size, args.weights)
+        started = time.perf_counter()
+        results = evaluate(engine, planted)
+        report["sizes"][str(size)] = {
+            "indexed_photos": indexed,
+            "patch_grid": engine.patch_grid,
+            "build_s": round(build_s, 1),
+            "seconds_per_query": round((time.perf_counter() - started) / max(1, 3 * len(planted)), 3),
+            "results": results,
+        }
+        engine.close()
     if args.json:
         print(json.dumps(report, indent=2))
-        return 0
-    print(
-        f"region benchmark: {args.objects} regions x {args.targets} targets + {args.distractors} distractors "
-        f"({summary.new} photos), {args.weights} weights at {args.image_size} px, patch grid {engine.patch_grid}, "
-        f"seed {args.seed}"
-    )
-    print(f"{'method':<22} {'recall@1':>9} {'recall@10':>10} {'mean IoU':>9}")
-    for method, row in results.items():
-        print(f"{method:<22} {row['recall@1']:>9.3f} {row['recall@10']:>10.3f} {row['mean_iou']:>9.3f}")
-    print(f"build {build_s:.1f} s, {query_s * 1000:.0f} ms per query; collection in {workdir}")
+    else:
+        print_report(report)
+        print(f"collection in {workdir}")
     return 0
 
 

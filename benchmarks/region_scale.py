@@ -154,9 +154,17 @@ def forward_pass_seconds(config: LoupeConfig, repeats: int = 3) -> float:
 
 
 def run_scale(
-    photos: int, workdir: Path, queries: int = 50, seed: int = 0, one_by_one: bool = False, forward: bool = True
+    photos: int,
+    workdir: Path,
+    queries: int = 50,
+    seed: int = 0,
+    one_by_one: bool = False,
+    forward: bool = True,
+    unverified: bool = False,
 ) -> dict[str, Any]:
-    """Fill, index and query; return the latency report (see :func:`print_report`)."""
+    """Fill, index and query; return the latency report (see :func:`print_report`). ``one_by_one`` and
+    ``unverified`` also time the per-candidate re-ranking and the batched one without the spatial
+    verification (:mod:`search.region_verify`)."""
     (workdir / "data").mkdir(parents=True, exist_ok=True)
     config = with_overrides(synthetic_config(workdir / "data"), {"model.image_size": 512})
     grid = config.patches.grid
@@ -164,7 +172,8 @@ def run_scale(
     rng = np.random.default_rng(seed + 1)
     sizes = built.catalog.photos(range(1, photos + 1))
     chosen = rng.choice(photos, size=min(queries, photos), replace=False)
-    modes = [("batched", False)] + ([("one by one", True)] if one_by_one else [])
+    modes = [("batched", False, True)] + ([("one by one", True, True)] if one_by_one else [])
+    modes += [("batched, unverified", False, False)] if unverified else []
     report: dict[str, Any] = {
         "photos": photos,
         "cells": photos * grid * grid,
@@ -187,14 +196,16 @@ def run_scale(
         x0 = int(rng.integers(0, record.width - width + 1))
         y0 = int(rng.integers(0, max(1, record.height - height + 1)))
         asked.append((photo + 1, query_grid, (record.width, record.height), (x0, y0, x0 + width, y0 + height)))
-    latencies: dict[str, list[float]] = {name: [] for name, _ in modes}
-    stages: dict[str, dict[str, float]] = {name: {} for name, _ in modes}
-    found: dict[str, list[tuple[bool, bool]]] = {name: [] for name, _ in modes}
-    for _, slow in modes:  # warm-up (caches, the database's pages of the first query), not counted
-        match_region(built.catalog, built.patch_index, config.patches, *asked[0][1:], 10, one_by_one=slow)
+    latencies: dict[str, list[float]] = {name: [] for name, _, _ in modes}
+    stages: dict[str, dict[str, float]] = {name: {} for name, _, _ in modes}
+    found: dict[str, list[tuple[bool, bool]]] = {name: [] for name, _, _ in modes}
+    for _, slow, verify in modes:  # warm-up (caches, the database's pages of the first query), not counted
+        match_region(
+            built.catalog, built.patch_index, config.patches, *asked[0][1:], 10, one_by_one=slow, verify=verify
+        )
     for number, (photo_id, query_grid, query_size, box) in enumerate(asked):
         # The modes take turns going first: the machine's load changes between one query and the next.
-        for name, slow in modes if number % 2 == 0 else modes[::-1]:
+        for name, slow, verify in modes if number % 2 == 0 else modes[::-1]:
             started = time.perf_counter()
             result = match_region(
                 built.catalog,
@@ -206,11 +217,12 @@ def run_scale(
                 10,
                 stages[name],
                 one_by_one=slow,
+                verify=verify,
             )
             latencies[name].append(time.perf_counter() - started)
             ids = [match.id for match in result.matches]
             found[name].append((bool(ids) and ids[0] == photo_id, photo_id in ids))
-    for name, _ in modes:
+    for name, _, _ in modes:
         report["modes"][name] = {
             "median_ms": round(1000 * float(np.median(latencies[name])), 1),
             "p95_ms": round(1000 * float(np.percentile(latencies[name], 95)), 1),
@@ -231,12 +243,12 @@ def print_report(report: dict[str, Any]) -> None:
         f"index in {report['index_s']} s; {report['queries']} queries"
     )
     print(
-        f"{'re-ranking':<11} {'median ms':>9} {'p95 ms':>7} {'cand/s':>7} {'top1':>5} {'top10':>5}  stages (ms/query)"
+        f"{'re-ranking':<19} {'median ms':>9} {'p95 ms':>7} {'cand/s':>7} {'top1':>5} {'top10':>5}  stages (ms/query)"
     )
     for name, row in report["modes"].items():
         stages = ", ".join(f"{stage} {ms}" for stage, ms in row["stage_ms"].items())
         print(
-            f"{name:<11} {row['median_ms']:>9} {row['p95_ms']:>7} {row['candidates_per_s']:>7} "
+            f"{name:<19} {row['median_ms']:>9} {row['p95_ms']:>7} {row['candidates_per_s']:>7} "
             f"{row['found_top1']:>5.2f} {row['found_top10']:>5.2f}  {stages}"
         )
     if report["forward_pass_ms"] is not None:

@@ -12,6 +12,9 @@
    the cells it aligns. The best placement is the match; the query box, carried through it, is the
    matched box. Requiring the cells to line up in the same layout is
    the spatial-consistency check that a bag of best matches lacks.
+4. Verification (:mod:`search.region_verify`): the placement's score gains a bonus for the share of
+   query cells whose best match anywhere in the photo is where the placement puts them, and whose
+   aligned photo cell likes them best in return; this, not the placement, orders the candidates.
 
 Steps 2 and 3 run over all candidates at once (:mod:`search.region_batch`); :func:`best_placement` is the
 one-photo form that robust queries' local re-scoring uses, and the reference the batches are tested
@@ -39,43 +42,20 @@ from core.grid_codes import grid_codes, rotate, rotated_cells
 from core.index.source import decode_cell_ids
 from search.engine import QueryError, SearchEngine
 from search.region_batch import Reranked, rank_candidates, rerank
+from search.region_geometry import MIN_COVER as MIN_COVER
+from search.region_geometry import Box as Box
+from search.region_geometry import CellBlock as CellBlock
+from search.region_geometry import Grid as Grid
+from search.region_geometry import Placement as Placement
+from search.region_geometry import block_to_box as block_to_box
+from search.region_geometry import cell_coverage as cell_coverage
+from search.region_geometry import cells_under_box as cells_under_box
+from search.region_geometry import matched_box as matched_box
+from search.region_verify import verified_scores
 
 logger = logging.getLogger(__name__)
 
-Box = tuple[int, int, int, int]
-Grid = npt.NDArray[np.float32]
-MIN_COVER = 0.25
 SCALES = tuple(2.0 ** (step / 3) for step in range(-3, 4))  # 0.5 ... 2, in steps of 2^(1/3)
-
-
-@dataclass(frozen=True)
-class CellBlock:
-    """The query cells a box covers: rows ``top..bottom-1``, columns ``left..right-1`` of a ``grid``."""
-
-    top: int
-    left: int
-    bottom: int
-    right: int
-    grid: int
-
-    @property
-    def rows(self) -> int:
-        return self.bottom - self.top
-
-    @property
-    def cols(self) -> int:
-        return self.right - self.left
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where a query block matched in a photo's grid, in cells."""
-
-    score: float
-    top: int
-    left: int
-    rows: int
-    cols: int
 
 
 @dataclass(frozen=True)
@@ -115,88 +95,6 @@ class RegionResults:
     query_width: int
     query_height: int
     matches: list[RegionMatch]
-
-
-def cells_under_box(box: Box | None, width: int, height: int, grid: int) -> CellBlock:
-    """The block of grid cells covered by ``box`` (pixel coordinates of a ``width x height`` image).
-
-    A row (column) of cells counts when the box spans at least a quarter of its height (width); a box
-    smaller than that still gets the cell under its centre. ``None`` means the whole image.
-    """
-    if box is None:
-        return CellBlock(0, 0, grid, grid, grid)
-    x0, y0, x1, y1 = box
-    x0, x1 = max(0, min(x0, x1)), min(width, max(x0, x1))
-    y0, y1 = max(0, min(y0, y1)), min(height, max(y0, y1))
-    if x1 <= x0 or y1 <= y0:
-        raise QueryError(f"box {box} does not overlap the {width}x{height} image")
-    cell_w, cell_h = width / grid, height / grid
-
-    def covered(start: float, end: float, size: float) -> list[int]:
-        return [i for i in range(grid) if min(end, (i + 1) * size) - max(start, i * size) >= MIN_COVER * size]
-
-    cols, rows = covered(x0, x1, cell_w), covered(y0, y1, cell_h)
-    if not cols:
-        cols = [min(grid - 1, int((x0 + x1) / 2 / cell_w))]
-    if not rows:
-        rows = [min(grid - 1, int((y0 + y1) / 2 / cell_h))]
-    return CellBlock(rows[0], cols[0], rows[-1] + 1, cols[-1] + 1, grid)
-
-
-def block_to_box(top: int, left: int, rows: int, cols: int, grid: int, width: int, height: int) -> Box:
-    """Pixel box of a block of cells in a ``width x height`` image squashed onto a ``grid``."""
-    return (
-        round(left * width / grid),
-        round(top * height / grid),
-        round((left + cols) * width / grid),
-        round((top + rows) * height / grid),
-    )
-
-
-def cell_coverage(box: Box | None, block: CellBlock, width: int, height: int) -> Grid:
-    """How much of each cell of ``block`` the box covers (0..1), ``[rows, cols]``."""
-    if box is None:
-        return np.ones((block.rows, block.cols), dtype=np.float32)
-    x0, y0, x1, y1 = box
-    cell_w, cell_h = width / block.grid, height / block.grid
-
-    def overlap(start: float, end: float, size: float, first: int, count: int) -> npt.NDArray[np.float32]:
-        edges = (np.arange(first, first + count) * size).astype(np.float32)
-        return np.clip(np.minimum(end, edges + size) - np.maximum(start, edges), 0, size) / size
-
-    rows = overlap(min(y0, y1), max(y0, y1), cell_h, block.top, block.rows)
-    cols = overlap(min(x0, x1), max(x0, x1), cell_w, block.left, block.cols)
-    return np.maximum(np.outer(rows, cols), 1e-3).astype(np.float32)
-
-
-def matched_box(
-    box: Box | None,
-    block: CellBlock,
-    placement: Placement,
-    query_size: tuple[int, int],
-    photo_size: tuple[int, int],
-    photo_grid: int,
-) -> Box:
-    """The query box carried through the placement (in cells of a ``photo_grid``) into the photo's
-    pixels, sub-cell precise: the box's fractional position inside its block of cells is kept."""
-    query_w, query_h = query_size
-    photo_w, photo_h = photo_size
-    grid = block.grid
-    if box is None:
-        box = (0, 0, query_w, query_h)
-    x0, y0, x1, y1 = (min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3]))
-
-    def carry(value: float, size: int, first: int, count: int, start: int, span: int, photo_extent: int) -> int:
-        in_block = value / size * grid - first  # query cells from the block's edge
-        in_photo = start + in_block * span / count  # photo cells
-        return round(float(np.clip(in_photo / photo_grid * photo_extent, 0, photo_extent)))
-
-    return (
-        carry(x0, query_w, block.left, block.cols, placement.left, placement.cols, photo_w),
-        carry(y0, query_h, block.top, block.rows, placement.top, placement.rows, photo_h),
-        carry(x1, query_w, block.left, block.cols, placement.left, placement.cols, photo_w),
-        carry(y1, query_h, block.top, block.rows, placement.top, placement.rows, photo_h),
-    )
 
 
 def best_placement(
@@ -289,12 +187,14 @@ def match_region(
     timings: dict[str, float] | None = None,
     *,
     one_by_one: bool = False,
+    verify: bool = True,
 ) -> RegionResults:
     """Region search from an encoded query's patch grid (``[g, g, dim]``, the query ``width x height``
     pixels): candidates from the patch index, re-ranked from their stored grids in one batch
     (:mod:`search.region_batch`). ``timings``, when given, receives each stage's seconds.
     ``one_by_one``: the per-candidate path the batches replaced (the reference the benchmark's "before"
-    figure and the tests compare against; slower, same results to float tolerance)."""
+    figure and the tests compare against; slower, same results to float tolerance). ``verify``: add the
+    spatial-consistency bonus (:mod:`search.region_verify`; off gives the scores before it)."""
     clock = time.perf_counter()
 
     def lap(stage: str) -> None:
@@ -341,6 +241,7 @@ def match_region(
         np.array([query_w / max(photos[i].width, 1) for i in present], dtype=np.float64),
         dim,
         SCALES,
+        verify=verify,
     )
     matches: list[tuple[float, int, Box, Grid]] = []
     for found in reranked:
@@ -394,6 +295,8 @@ def _rerank_one_by_one(
     scale_cols: npt.NDArray[np.float64],
     dim: int,
     scales: tuple[float, ...],
+    *,
+    verify: bool = True,
 ) -> list[Reranked]:
     """:func:`search.region_batch.rerank` candidate by candidate (the reference path)."""
     found = []
@@ -403,8 +306,12 @@ def _rerank_one_by_one(
         placement = best_placement(
             similarity, float(scale_rows[number]), float(scale_cols[number]), weights=weights, scales=scales
         )
+        score = placement.score
+        if verify:
+            top, left, rows, cols = (
+                np.array([value]) for value in (placement.top, placement.left, placement.rows, placement.cols)
+            )
+            score = float(verified_scores(np.array([score]), similarity[None], top, left, rows, cols, weights)[0])
         heatmap = similarity.reshape(-1, stored_grid.grid, stored_grid.grid).max(axis=0)
-        found.append(
-            Reranked(photo_id, placement.score, placement.top, placement.left, placement.rows, placement.cols, heatmap)
-        )
+        found.append(Reranked(photo_id, score, placement.top, placement.left, placement.rows, placement.cols, heatmap))
     return found

@@ -22,6 +22,7 @@ import numpy.typing as npt
 from core.catalog import StoredGrid
 from core.errors import CatalogError
 from core.grid_codes import BYTE_TRITS, COSINE_FLOOR, COSINE_STEPS, TRITS_PER_BYTE, grid_codes
+from search.region_verify import verified_scores
 
 logger = logging.getLogger(__name__)
 
@@ -177,9 +178,12 @@ def rerank(
     scale_cols: npt.NDArray[np.float64],
     dim: int,
     scales: tuple[float, ...],
+    *,
+    verify: bool = True,
 ) -> list[Reranked]:
     """Best placement of the rotated query block ``query_cells`` (``[rows, cols, dim]``, coverage
-    ``weights``) in every candidate's stored grid, candidates in the order given.
+    ``weights``) in every candidate's stored grid, candidates in the order given. ``verify`` adds the
+    spatial-consistency bonus of :func:`search.region_verify.verified_scores` to each score.
 
     Candidates are batched by grid size (a catalog has one; a mixed one is handled group by group)."""
     rows, cols, _ = query_cells.shape
@@ -192,11 +196,14 @@ def rerank(
         similarity = code_similarities([stored[i] for i in members.tolist()], query)  # [n, q, g * g]
         similarity = similarity.reshape(len(members), rows, cols, grid, grid)
         placed = best_placements(similarity, scale_rows[members], scale_cols[members], weights, scales)
+        scores = placed.scores
+        if verify:
+            scores = verified_scores(scores, similarity, placed.tops, placed.lefts, placed.rows, placed.cols, weights)
         heatmaps = similarity.reshape(len(members), rows * cols, grid, grid).max(axis=1)
         for slot, member in enumerate(members.tolist()):
             found[member] = Reranked(
                 int(photo_ids[member]),
-                float(placed.scores[slot]),
+                float(scores[slot]),
                 int(placed.tops[slot]),
                 int(placed.lefts[slot]),
                 int(placed.rows[slot]),

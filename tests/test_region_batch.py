@@ -10,6 +10,7 @@ from core.catalog import StoredGrid
 from core.grid_codes import encode_grid, rotate
 from search.region import SCALES, CellBlock, best_placement, cell_coverage, stored_cells
 from search.region_batch import rank_candidates, rerank
+from search.region_verify import verified_scores
 
 DIM = 48
 GRID = 8
@@ -64,14 +65,17 @@ def test_rerank_matches_best_placement_per_candidate(top: int, left: int, bottom
     scale_rows = np.array([query_size[1] / height for _, _, height in photos])
     scale_cols = np.array([query_size[0] / width for _, width, _ in photos])
 
-    batched = rerank(
-        query_cells, coverage, [p[0] for p in photos], list(range(len(photos))), scale_rows, scale_cols, DIM, SCALES
-    )
+    stored_grids, ids = [p[0] for p in photos], list(range(len(photos)))
+    batched = rerank(query_cells, coverage, stored_grids, ids, scale_rows, scale_cols, DIM, SCALES, verify=False)
+    verified = rerank(query_cells, coverage, stored_grids, ids, scale_rows, scale_cols, DIM, SCALES)
     for number, ((stored, _, _), found) in enumerate(zip(photos, batched, strict=True)):
         similarity = np.einsum("ijd,uvd->ijuv", query_cells, stored_cells(stored, DIM))
         expected = best_placement(similarity, scale_rows[number], scale_cols[number], weights=coverage)
         assert found.photo_id == number
         assert found.score == pytest.approx(expected.score, abs=1e-5)
+        sides = [np.array([value]) for value in (expected.top, expected.left, expected.rows, expected.cols)]
+        bonus = verified_scores(np.array([expected.score]), similarity[None], *sides, coverage)[0]
+        assert verified[number].score == pytest.approx(float(bonus), abs=1e-5)
         assert (found.top, found.left, found.rows, found.cols) == (
             expected.top,
             expected.left,
