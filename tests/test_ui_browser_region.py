@@ -121,9 +121,13 @@ def test_drag_a_box_on_the_query_and_find_it(served: tuple[str, Path]) -> None:
         )
 
         # The drag is on the sliders, in the photo's pixels.
+        # The thumbs are read one by one while the page re-renders: a read can catch one thumb moved and the
+        # other not yet (seen once in CI), so the values count only once two reads 0.3 s apart agree.
         def sliders_moved() -> tuple[tuple[int, int], tuple[int, int]] | None:
             values = slider_values(page, "Left - right"), slider_values(page, "Top - bottom")
-            return values if values[0] != (150, 450) else None
+            time.sleep(0.3)
+            again = slider_values(page, "Left - right"), slider_values(page, "Top - bottom")
+            return values if values == again and values[0] != (150, 450) else None
 
         (x0, x1), (y0, y1) = wait_until(sliders_moved, 60, "the sliders to take the dragged box")
         for got, want in zip((x0, y0, x1, y1), dragged, strict=True):
