@@ -15,7 +15,7 @@ from typing import Any
 from tqdm import tqdm
 
 from core.config import RobustConfig
-from core.decode import DecodeLimits, supported_extensions
+from core.decode import supported_extensions
 from core.reader import PhotoDataset, WorkItem, make_loader
 from core.scan import scan
 from search.engine import SearchEngine, SearchResult
@@ -56,7 +56,7 @@ def reverse_lookup(
     ]
     if not items:
         return
-    limits = DecodeLimits(max_pixels=config.search.max_query_pixels, max_file_bytes=config.search.max_query_bytes)
+    limits = engine.query_limits  # the same bounds as any other query image
     dataset = PhotoDataset(items, engine.provenance.image_size, limits, frozenset())
     loader = make_loader(dataset, engine.batch_size(), engine.decode_workers(), stack_pixels=True)
     with tqdm(total=len(items), desc="looking up", unit="img", disable=not show_progress) as bar:
