@@ -6,8 +6,10 @@ the photos hosts were made from are indexed unchanged as distractors (the source
 ``benchmarks/region_collection.py`` says how regions, hosts and the tune/report split are chosen. Each
 region is queried two ways:
 
-- region search: ``search_region(source photo, box of the region)``, and the same with the spatial
-  verification off (``search.region_verify``; how region search scored before it);
+- region search: ``search_region(source photo, box of the region)``, the query also encoded enlarged
+  around the box (``search.region_query_scales``, ``search.region_scales``); the same with one encoding
+  (how region search ran before those views), and with one encoding and the spatial verification off
+  (``search.region_verify``; how it scored before that);
 - baseline: whole-image search with the cut-out region as the query image.
 
 Per image size it prints recall@1 (the top result holds the region), recall@10 (share of the region's
@@ -51,9 +53,16 @@ from core.settings import resolve_settings  # noqa: E402
 from indexer.pipeline import run_build  # noqa: E402
 from search.engine import SearchEngine  # noqa: E402
 from search.region import Box, RegionResults, match_region  # noqa: E402
+from search.region_scales import encode_with_views  # noqa: E402
 
-RegionSearch = Callable[[SearchEngine, PlantedRegion, int, bool], RegionResults]
-METHODS = ("region search", "region search, unverified", "whole-image baseline")
+RegionSearch = Callable[[SearchEngine, PlantedRegion, int, bool, tuple[float, ...] | None], RegionResults]
+METHODS = ("region search", "region search, one encoding", "region search, unverified", "whole-image baseline")
+# Each region-search method: spatial verification on, and the query scales (None: the config's).
+MODES: dict[str, tuple[bool, tuple[float, ...] | None]] = {
+    "region search": (True, None),
+    "region search, one encoding": (True, ()),
+    "region search, unverified": (False, ()),
+}
 GROUPS = ("all", "textured", "plain")
 
 
@@ -65,21 +74,24 @@ def iou(a: Box, b: Box) -> float:
     return inter / union if union else 0.0
 
 
-def default_search(engine: SearchEngine, region: PlantedRegion, k: int, verify: bool = True) -> RegionResults:
-    """Region search from an encoded query; ``verify=False`` scores placements without the
-    spatial-consistency check (:mod:`search.region_verify`), as region search did before it."""
-    query = engine.encode_query(region.source)
-    if query.patches is None:
-        raise ValueError("the index has no patch grids")
+def default_search(
+    engine: SearchEngine, region: PlantedRegion, k: int, verify: bool = True, scales: tuple[float, ...] | None = None
+) -> RegionResults:
+    """Region search (:func:`search.region.search_region`'s steps); ``verify=False`` scores placements
+    without the spatial-consistency check (:mod:`search.region_verify`); ``scales`` are the query's extra
+    encodings (:mod:`search.region_scales`; None: ``search.region_query_scales``, empty: none)."""
+    scales = engine.config.search.region_query_scales if scales is None else scales
+    query = encode_with_views(engine, region.source, region.box, scales)
     return match_region(
         engine.catalog,
         engine.patch_index(),
         engine.config.patches,
-        query.patches,
+        query.grid,
         (query.width, query.height),
         region.box,
         k,
         verify=verify,
+        views=query.views,
     )
 
 
@@ -108,23 +120,30 @@ def summarise(scored: list[dict[str, Any]]) -> dict[str, float]:
 
 def evaluate(
     engine: SearchEngine, planted: list[PlantedRegion], k: int = 10, search: RegionSearch = default_search
-) -> dict[str, dict[str, dict[str, float]]]:
-    """Both methods' figures, for all regions and by kind (textured, plain)."""
+) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, float]]:
+    """Every method's figures, for all regions and by kind (textured, plain), and its seconds per query
+    (decoding and forward passes included)."""
     scored: dict[str, list[tuple[str, dict[str, Any]]]] = {method: [] for method in METHODS}
+    seconds = dict.fromkeys(METHODS, 0.0)
     for region in planted:
-        for method, verify in (("region search", True), ("region search, unverified", False)):
-            found = search(engine, region, k, verify)
+        for method, (verify, scales) in MODES.items():
+            started = time.perf_counter()
+            found = search(engine, region, k, verify, scales)
+            seconds[method] += time.perf_counter() - started
             pairs = [(Path(m.path).name, m.box) for m in found.matches[:k]]
             scored[method].append((region.kind, score_region(region, pairs)))
+        started = time.perf_counter()
         with Image.open(region.source) as opened:
             crop = opened.convert("RGB").crop(region.box)
         baseline = engine.search_image(crop, k)
+        seconds["whole-image baseline"] += time.perf_counter() - started
         pairs = [(Path(r.path).name, (0, 0, r.width, r.height)) for r in baseline]
         scored["whole-image baseline"].append((region.kind, score_region(region, pairs)))
-    return {
+    figures = {
         method: {group: summarise([row for kind, row in rows if group in ("all", kind)]) for group in GROUPS}
         for method, rows in scored.items()
     }
+    return figures, {method: round(total / max(1, len(planted)), 3) for method, total in seconds.items()}
 
 
 def build_engine(collection: Path, data: Path, image_size: int, weights: str) -> tuple[SearchEngine, int, float]:
@@ -144,17 +163,17 @@ def print_report(report: dict[str, Any]) -> None:
         f"region benchmark ({report['split']} split): {report['regions']} regions x {report['targets_per_region']} "
         f"targets + {report['distractors']} distractors, {report['weights']} weights, seed {report['seed']}"
     )
-    print(f"{'px':>4} {'method':<26} {'regions':<9} {'recall@1':>8} {'recall@10':>9} {'mean IoU':>8} {'IoU>=.5':>7}")
+    print(f"{'px':>4} {'method':<28} {'regions':<9} {'recall@1':>8} {'recall@10':>9} {'mean IoU':>8} {'IoU>=.5':>7}")
     for size, run in report["sizes"].items():
         for method, groups in run["results"].items():
             for group, row in groups.items():
                 print(
-                    f"{size:>4} {method:<26} {group:<9} {row['recall@1']:>8.3f} {row['recall@10']:>9.3f} "
+                    f"{size:>4} {method:<28} {group:<9} {row['recall@1']:>8.3f} {row['recall@10']:>9.3f} "
                     f"{row['mean_iou']:>8.3f} {row['iou>=0.5']:>7.3f}"
                 )
         print(
             f"{size:>4} px: {run['indexed_photos']} photos, patch grid {run['patch_grid']}, build {run['build_s']} s, "
-            f"{run['seconds_per_query'] * 1000:.0f} ms per query"
+            "s per query: " + ", ".join(f"{method} {value:.2f}" for method, value in run["seconds_per_query"].items())
         )
 
 
@@ -169,6 +188,13 @@ def main() -> int:
     parser.add_argument("--no-forward", action="store_true", help="with --scale, skip timing the forward pass")
     parser.add_argument(
         "--unverified", action="store_true", help="with --scale, also time re-ranking without the spatial check"
+    )
+    parser.add_argument(
+        "--query-scales",
+        type=float,
+        nargs="*",
+        default=[1.189, 1.414, 1.682],
+        help="with --scale, also time re-ranking with extra views at these scales (default: the config's)",
     )
     parser.add_argument(
         "--image-size", type=int, nargs="+", default=[256, 512], help="model input sizes (default 256 512)"
@@ -188,7 +214,14 @@ def main() -> int:
         workdir = args.workdir or Path(tempfile.mkdtemp(prefix="loupe-region-scale-"))
         shutil.rmtree(workdir / "data", ignore_errors=True)
         scale_report = region_scale.run_scale(
-            args.scale, workdir, args.queries, args.seed, args.per_candidate, not args.no_forward, args.unverified
+            args.scale,
+            workdir,
+            args.queries,
+            args.seed,
+            args.per_candidate,
+            not args.no_forward,
+            args.unverified,
+            tuple(args.query_scales),
         )
         if args.json:
             print(json.dumps(scale_report, indent=2))
@@ -224,13 +257,12 @@ def main() -> int:
     }
     for size in args.image_size:
         engine, indexed, build_s = build_engine(collection, workdir / f"data-{size}", size, args.weights)
-        started = time.perf_counter()
-        results = evaluate(engine, planted)
+        results, seconds = evaluate(engine, planted)
         report["sizes"][str(size)] = {
             "indexed_photos": indexed,
             "patch_grid": engine.patch_grid,
             "build_s": round(build_s, 1),
-            "seconds_per_query": round((time.perf_counter() - started) / max(1, 3 * len(planted)), 3),
+            "seconds_per_query": seconds,
             "results": results,
         }
         engine.close()

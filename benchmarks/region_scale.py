@@ -40,6 +40,7 @@ from core.grid_codes import encode_cells
 from core.index.policy import choose_index_spec, set_nprobe
 from core.index.source import CELL_ID_BASE
 from search.region import Box, match_region
+from search.region_scales import EncodedView
 
 logger = logging.getLogger(__name__)
 
@@ -133,9 +134,10 @@ def build_collection(config: LoupeConfig, photos: int, grid: int, seed: int) -> 
     )
 
 
-def forward_pass_seconds(config: LoupeConfig, repeats: int = 3) -> float:
-    """Median seconds of one query's forward pass (``Encoder.encode_query``) at the configured size, with
-    random weights (the architecture's cost is the same with trained ones)."""
+def forward_pass_seconds(config: LoupeConfig, repeats: int = 3, images: int = 1) -> float:
+    """Median seconds of one query's forward pass (``Encoder.encode_query``; ``images`` > 1: one batch of
+    the query and its extra views, ``Encoder.encode``) at the configured size, with random weights (the
+    architecture's cost is the same with trained ones)."""
     import torch
 
     from core.encoder import Encoder
@@ -144,11 +146,11 @@ def forward_pass_seconds(config: LoupeConfig, repeats: int = 3) -> float:
     device = torch.device("cpu")
     encoder = Encoder(load_model(config.model, device), device, config.runtime.precision)
     size = config.model.image_size
-    pixels = torch.zeros((1, 3, size, size), dtype=torch.uint8)
+    pixels = torch.zeros((images, 3, size, size), dtype=torch.uint8)
     times = []
     for _ in range(repeats + 1):
         started = time.perf_counter()
-        encoder.encode_query(pixels)
+        encoder.encode_query(pixels) if images == 1 else encoder.encode(pixels)
         times.append(time.perf_counter() - started)
     return float(np.median(times[1:]))
 
@@ -161,10 +163,12 @@ def run_scale(
     one_by_one: bool = False,
     forward: bool = True,
     unverified: bool = False,
+    query_scales: tuple[float, ...] = (),
 ) -> dict[str, Any]:
     """Fill, index and query; return the latency report (see :func:`print_report`). ``one_by_one`` and
     ``unverified`` also time the per-candidate re-ranking and the batched one without the spatial
-    verification (:mod:`search.region_verify`)."""
+    verification (:mod:`search.region_verify`); ``query_scales`` the batched one with the query's extra
+    views (:mod:`search.region_scales`; synthetic: the query's grid with the box enlarged about its centre)."""
     (workdir / "data").mkdir(parents=True, exist_ok=True)
     config = with_overrides(synthetic_config(workdir / "data"), {"model.image_size": 512})
     grid = config.patches.grid
@@ -172,8 +176,9 @@ def run_scale(
     rng = np.random.default_rng(seed + 1)
     sizes = built.catalog.photos(range(1, photos + 1))
     chosen = rng.choice(photos, size=min(queries, photos), replace=False)
-    modes = [("batched", False, True)] + ([("one by one", True, True)] if one_by_one else [])
-    modes += [("batched, unverified", False, False)] if unverified else []
+    modes = [("batched", False, True, False)] + ([("one by one", True, True, False)] if one_by_one else [])
+    modes += [("batched, unverified", False, False, False)] if unverified else []
+    modes += [("batched, query scales", False, True, True)] if query_scales else []
     report: dict[str, Any] = {
         "photos": photos,
         "cells": photos * grid * grid,
@@ -196,16 +201,17 @@ def run_scale(
         x0 = int(rng.integers(0, record.width - width + 1))
         y0 = int(rng.integers(0, max(1, record.height - height + 1)))
         asked.append((photo + 1, query_grid, (record.width, record.height), (x0, y0, x0 + width, y0 + height)))
-    latencies: dict[str, list[float]] = {name: [] for name, _, _ in modes}
-    stages: dict[str, dict[str, float]] = {name: {} for name, _, _ in modes}
-    found: dict[str, list[tuple[bool, bool]]] = {name: [] for name, _, _ in modes}
-    for _, slow, verify in modes:  # warm-up (caches, the database's pages of the first query), not counted
+    latencies: dict[str, list[float]] = {name: [] for name, *_ in modes}
+    stages: dict[str, dict[str, float]] = {name: {} for name, *_ in modes}
+    found: dict[str, list[tuple[bool, bool]]] = {name: [] for name, *_ in modes}
+    for _, slow, verify, _ in modes:  # warm-up (caches, the database's pages of the first query), not counted
         match_region(
             built.catalog, built.patch_index, config.patches, *asked[0][1:], 10, one_by_one=slow, verify=verify
         )
     for number, (photo_id, query_grid, query_size, box) in enumerate(asked):
+        views = [_enlarged(query_grid, query_size, box, scale) for scale in query_scales]
         # The modes take turns going first: the machine's load changes between one query and the next.
-        for name, slow, verify in modes if number % 2 == 0 else modes[::-1]:
+        for name, slow, verify, scaled in modes if number % 2 == 0 else modes[::-1]:
             started = time.perf_counter()
             result = match_region(
                 built.catalog,
@@ -218,11 +224,12 @@ def run_scale(
                 stages[name],
                 one_by_one=slow,
                 verify=verify,
+                views=views if scaled else (),
             )
             latencies[name].append(time.perf_counter() - started)
             ids = [match.id for match in result.matches]
             found[name].append((bool(ids) and ids[0] == photo_id, photo_id in ids))
-    for name, _, _ in modes:
+    for name, *_ in modes:
         report["modes"][name] = {
             "median_ms": round(1000 * float(np.median(latencies[name])), 1),
             "p95_ms": round(1000 * float(np.percentile(latencies[name], 95)), 1),
@@ -233,7 +240,21 @@ def run_scale(
         }
     built.catalog.close()
     report["forward_pass_ms"] = round(1000 * forward_pass_seconds(config)) if forward else None
+    if forward and query_scales:
+        report["forward_pass_with_views_ms"] = round(1000 * forward_pass_seconds(config, images=1 + len(query_scales)))
     return report
+
+
+def _enlarged(grid: Vectors, size: tuple[int, int], box: Box, scale: float) -> EncodedView:
+    """A stand-in for the query's view at ``scale``: the same grid, the box enlarged about its centre
+    (as many cells as the real view's box covers, which is what the re-ranking's cost depends on)."""
+    width, height = size
+    half_w, half_h = (box[2] - box[0]) * scale / 2, (box[3] - box[1]) * scale / 2
+    cx = min(max((box[0] + box[2]) / 2, half_w), width - half_w)
+    cy = min(max((box[1] + box[3]) / 2, half_h), height - half_h)
+    return EncodedView(
+        grid, (max(0, round(cx - half_w)), max(0, round(cy - half_h)), round(cx + half_w), round(cy + half_h)), size
+    )
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -243,13 +264,15 @@ def print_report(report: dict[str, Any]) -> None:
         f"index in {report['index_s']} s; {report['queries']} queries"
     )
     print(
-        f"{'re-ranking':<19} {'median ms':>9} {'p95 ms':>7} {'cand/s':>7} {'top1':>5} {'top10':>5}  stages (ms/query)"
+        f"{'re-ranking':<22} {'median ms':>9} {'p95 ms':>7} {'cand/s':>7} {'top1':>5} {'top10':>5}  stages (ms/query)"
     )
     for name, row in report["modes"].items():
         stages = ", ".join(f"{stage} {ms}" for stage, ms in row["stage_ms"].items())
         print(
-            f"{name:<19} {row['median_ms']:>9} {row['p95_ms']:>7} {row['candidates_per_s']:>7} "
+            f"{name:<22} {row['median_ms']:>9} {row['p95_ms']:>7} {row['candidates_per_s']:>7} "
             f"{row['found_top1']:>5.2f} {row['found_top10']:>5.2f}  {stages}"
         )
     if report["forward_pass_ms"] is not None:
         print(f"not included: the query's own forward pass at 512 px, {report['forward_pass_ms']} ms")
+    if "forward_pass_with_views_ms" in report:
+        print(f"  and with its extra views in the same batch, {report['forward_pass_with_views_ms']} ms")

@@ -167,6 +167,11 @@ def setup_region(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-k", type=positive_int, help="number of results (config: search.default_k)")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--heatmaps", action="store_true", help="with --json: add each result's per-cell heatmap")
+    parser.add_argument(
+        "--no-query-scales",
+        action="store_true",
+        help="encode the query once, not also enlarged around the box (config: search.region_query_scales)",
+    )
     add_collection_arguments(parser)
 
 
@@ -175,7 +180,7 @@ def main_region(args: argparse.Namespace) -> int:
 
     engine = _open(args)
     try:
-        found = search_region(engine, args.image, args.box, args.k)
+        found = search_region(engine, args.image, args.box, args.k, () if args.no_query_scales else None)
     finally:
         engine.close()
     query = str(args.image.resolve())

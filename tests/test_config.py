@@ -48,6 +48,8 @@ def test_unknown_key_is_named(tmp_path: Path) -> None:
         ({"scan": {"exclude": "*.jpg"}}, "scan.exclude"),
         ({"scan": {"exclude": [3]}}, r"scan.exclude\[0\]"),
         ({"scan": {"exclude": ["thumbnails/*"]}}, "scan.exclude"),
+        ({"search": {"region_query_scales": [0.5]}}, "search.region_query_scales"),
+        ({"search": {"region_query_scales": [1.414, 8]}}, "search.region_query_scales"),
     ],
 )
 def test_bad_values_name_their_key(data: dict[str, object], key: str) -> None:
@@ -89,3 +91,8 @@ def test_default_db_url_is_sqlite_in_the_data_dir(tmp_path: Path) -> None:
     config = with_overrides(LoupeConfig(), {"data_dir": tmp_path})
     assert config.resolved_db_url == f"sqlite:///{tmp_path.resolve()}/catalog.sqlite"
     assert with_overrides(config, {"db_url": "sqlite:///x.db"}).resolved_db_url == "sqlite:///x.db"
+
+
+def test_region_query_scales_can_be_turned_off() -> None:
+    assert config_from_mapping({}).search.region_query_scales == (1.189, 1.414, 1.682)
+    assert config_from_mapping({"search": {"region_query_scales": []}}).search.region_query_scales == ()

@@ -25,7 +25,7 @@ def test_region_scale_benchmark_reports_latency_and_finds_the_query_photo(tmp_pa
     assert report["photos"] == 250 and report["cells"] == 64_000
     assert report["patch_index"].startswith("IVF") and report["patch_index"].endswith(",PQ32np")
     assert report["queries"] == 8 and report["forward_pass_ms"] is None
-    assert set(report["modes"]) == {"batched", "one by one"}
+    assert set(report["modes"]) == {"batched", "one by one", "batched, query scales"}
     for row in report["modes"].values():
         assert 0 < row["median_ms"] <= row["p95_ms"]
         assert row["candidates_per_s"] > 0

@@ -248,6 +248,12 @@ def _keeper_rules(value: Any) -> str | None:
     return None
 
 
+def _query_scales(value: Any) -> str | None:
+    # Views shrunk below 1x lost recall in docs/region-search.md (their few cells match by chance).
+    bad = [scale for scale in value if not 1.0 < scale <= 4.0]
+    return f"has {bad}: each scale must be above 1 and at most 4" if bad else None
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """How queries are answered and labelled, and how duplicate groups choose their keeper.
@@ -265,6 +271,8 @@ class SearchConfig:
     max_query_pixels: int = _checked(100_000_000, _at_least(1))
     rescore_candidates: int = _checked(100, _at_least(0))
     robust: RobustConfig = RobustConfig()
+    # Region search also encodes the query enlarged around the box at these scales (search/region_scales.py).
+    region_query_scales: tuple[float, ...] = _checked((1.189, 1.414, 1.682), _query_scales)
     keeper_rules: tuple[str, ...] = _checked(KEEPER_RULE_NAMES, _keeper_rules)
     # Keepers come from these first, and `duplicates --apply` never acts on their photos (see config.yaml).
     reference_folders: tuple[Path, ...] = ()
