@@ -29,13 +29,14 @@ from tqdm import tqdm
 from core.catalog import STATUS_INDEXED, Catalog
 from core.catalog.moves import row_facts, save_row
 from core.config import LoupeConfig
+from core.durable import fsync_dir
 from core.errors import CatalogError, LoupeError
 from core.index.source import patch_vectors_of
 from core.index.sync import sync_index
 from core.lock import exclusive_writer
 from search.action_steps import SAVES_ROW, ActionError, catalog_forward, do_file, settle
 from search.apply_plan import Plan, PlanItem
-from search.file_actions import fsync_dir, os_message, sha256_of
+from search.file_actions import os_message, sha256_of
 from search.journal import (
     ActionRecord,
     JournalEntry,

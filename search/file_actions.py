@@ -21,6 +21,7 @@ import os
 import shutil
 from pathlib import Path
 
+from core.durable import fsync_dir
 from core.errors import LoupeError
 
 logger = logging.getLogger(__name__)
@@ -43,17 +44,6 @@ def os_message(error: OSError) -> str:
     what = error.strerror or str(error)
     where = error.filename if error.filename is not None else None
     return f"{what} ({where})" if where is not None else what
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make renames in ``directory`` durable. Windows cannot open a folder as a file; NTFS journals renames."""
-    if os.name == "nt":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def reserve(path: Path) -> None:

@@ -30,8 +30,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
+from core.durable import fsync_dir
 from core.errors import LoupeError
-from search.file_actions import fsync_dir
 
 logger = logging.getLogger(__name__)
 

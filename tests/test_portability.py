@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.durable import fsync_dir
 from core.errors import ConfigError
-from core.index.files import _fsync_dir
 from core.lock import LOCK_FILE, MSVCRT_LOCK_OFFSET, BuildLockedError, exclusive_writer, lock_calls
 from core.model import resolve_device
 from search.engine import folder_prefix
@@ -90,12 +90,12 @@ def test_no_directory_fsync_where_folders_cannot_be_opened(tmp_path: Path, monke
     with monkeypatch.context() as patch:  # scoped tightly: pathlib itself reads os.name
         patch.setattr(os, "open", recording_open)
         patch.setattr(os, "name", "nt")
-        _fsync_dir(tmp_path)
+        fsync_dir(tmp_path)
     assert opened == []
     with monkeypatch.context() as patch:
         patch.setattr(os, "open", recording_open)
         with pytest.raises(PermissionError):
-            _fsync_dir(tmp_path)  # POSIX: the folder is opened and fsynced
+            fsync_dir(tmp_path)  # POSIX: the folder is opened and fsynced
     assert opened == [tmp_path]
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 
 from core.catalog.codecs import bytes_to_grid, bytes_to_vector
 from core.catalog.records import Embeddings, Ids, StoredGrid
@@ -25,6 +25,14 @@ logger = logging.getLogger(__name__)
 class VectorReads(CatalogSessions):
     """The stored embeddings and patch grids of indexed photos."""
 
+    def _ids_and_revisions(self, query: Select[int, int | None]) -> tuple[Ids, npt.NDArray[np.int64]]:
+        """The (id, vector revision) rows of ``query`` as two arrays."""
+        with self.session() as session:
+            rows = session.execute(query).all()
+        ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+        revisions = np.fromiter((row[1] or 0 for row in rows), dtype=np.int64, count=len(rows))
+        return ids, revisions
+
     def indexed_ids(self) -> tuple[Ids, npt.NDArray[np.int64]]:
         """Ids of indexed rows (sorted) and the revision at which each one's vector was written."""
         query = (
@@ -32,11 +40,7 @@ class VectorReads(CatalogSessions):
             .where(ImageRecord.status == STATUS_INDEXED)
             .order_by(ImageRecord.id)
         )
-        with self.session() as session:
-            rows = session.execute(query).all()
-        ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
-        revisions = np.fromiter((row[1] or 0 for row in rows), dtype=np.int64, count=len(rows))
-        return ids, revisions
+        return self._ids_and_revisions(query)
 
     def embeddings_for(
         self, ids: Sequence[int] | Ids, dim: int, chunk: int = 2_000
@@ -97,11 +101,7 @@ class VectorReads(CatalogSessions):
             .where(ImageRecord.status == STATUS_INDEXED)
             .order_by(ImageRecord.id)
         )
-        with self.session() as session:
-            rows = session.execute(query).all()
-        ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
-        revisions = np.fromiter((row[1] or 0 for row in rows), dtype=np.int64, count=len(rows))
-        return ids, revisions
+        return self._ids_and_revisions(query)
 
     def stored_grids(self, ids: Sequence[int] | Ids, chunk: int = 256) -> Iterator[tuple[Ids, list[StoredGrid]]]:
         """Yield ``(ids, stored grids)`` chunks for photos that have a stored grid, in the order given."""

@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 from faiss.contrib.inspect_tools import get_invlist
 
+from core.durable import fsync_dir
 from core.errors import IndexFileError
 from core.index.policy import IndexKind, IndexSpec, set_nprobe
 
@@ -148,18 +149,6 @@ def stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable. Windows cannot open a folder as a file (nor fsync one); its
-    NTFS journals the rename itself, so there is nothing to do there."""
-    if os.name == "nt":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_bytes_atomically(path: Path, write: Callable[[Path], None]) -> None:
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -195,7 +184,7 @@ def write_index(directory: Path, index: faiss.Index, meta: IndexMeta, name: str 
         path.write_text(text, encoding="utf-8")
 
     _write_bytes_atomically(directory / f"{name}.json", write_meta)
-    _fsync_dir(directory)
+    fsync_dir(directory)
     for old in [*directory.glob(f"{name}-r*.faiss"), *directory.glob(f"{name}-r*.ivfdata")]:
         if old.name not in (file_name, final.lists_file):
             # Readers that mapped an old lists file keep reading it: Linux frees it when they unmap.
