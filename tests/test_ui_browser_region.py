@@ -93,13 +93,17 @@ def test_drag_a_box_on_the_query_and_find_it(served: tuple[str, Path]) -> None:
         name.press("Enter")
 
         # The query in the drag component, and the first results for the default box.
-        image = page.frame_locator("iframe[title*='streamlit_image_coordinates']").locator("img")
-        image.wait_for(timeout=120_000)
+        # While the page switches to the picked query, the previous drag component can linger beside the new
+        # one for a moment (seen once in CI): wait until exactly one is left and its image has loaded.
         page.wait_for_function(
-            "() => [...document.querySelectorAll('iframe')].some(f => f.contentDocument"
-            "&& f.contentDocument.querySelector('img')?.naturalWidth > 0)",
-            timeout=60_000,
+            "() => { const frames = [...document.querySelectorAll("
+            "\"iframe[title*='streamlit_image_coordinates']\")];"
+            " return frames.length === 1 && frames[0].contentDocument"
+            " && frames[0].contentDocument.querySelector('img')?.naturalWidth > 0; }",
+            timeout=120_000,
         )
+        image = page.frame_locator("iframe[title*='streamlit_image_coordinates']").locator("img")
+        image.wait_for(timeout=60_000)
         wait_until(lambda: QUERY in top_result(page), 120, "the results of the default box")
         default_result = top_result(page)
         assert slider_values(page, "Left - right") == (150, 450)
