@@ -194,10 +194,11 @@ def main_region(args: argparse.Namespace) -> int:
         return EXIT_OK
     x0, y0, x1, y1 = found.query_box
     print(f"query: {query} ({found.query_width}x{found.query_height}), region {x0},{y0},{x1},{y1} (snapped to cells)")
-    print(f"{'rank':>4}  {'score':>7}  {'matched box':>21}  {'size':>11}  path")
+    print(f"{'rank':>4}  {'score':>7}  {'similarity':>10}  {'matched box':>21}  {'size':>11}  path")
     for m in found.matches:
         box = ",".join(str(v) for v in m.box)
-        print(f"{m.rank:>4}  {m.score:>7.4f}  {box:>21}  {f'{m.width}x{m.height}':>11}  {m.path}")
+        size = f"{m.width}x{m.height}"
+        print(f"{m.rank:>4}  {m.score:>7.3f}  {m.similarity:>10.4f}  {box:>21}  {size:>11}  {m.path}")
     return EXIT_OK
 
 

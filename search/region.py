@@ -14,7 +14,11 @@
    the spatial-consistency check that a bag of best matches lacks.
 4. Verification (:mod:`search.region_verify`): the placement's score gains a bonus for the share of
    query cells whose best match anywhere in the photo is where the placement puts them, and whose
-   aligned photo cell likes them best in return; this, not the placement, orders the candidates.
+   aligned photo cell likes them best in return.
+5. Views and fusion: the query's enlarged views (:mod:`search.region_scales`) re-rank the same
+   candidates at window sizes near one photo cell per query cell; each encoding's verified scores are
+   standardised against its own candidates and each candidate keeps the encoding where it stands out
+   most (:mod:`search.region_fusion`). That fused score orders the matches.
 
 Steps 2 and 3 run over all candidates at once (:mod:`search.region_batch`); :func:`best_placement` is the
 one-photo form that robust queries' local re-scoring uses, and the reference the batches are tested
@@ -42,7 +46,8 @@ from core.errors import CatalogError
 from core.grid_codes import grid_codes, rotate, rotated_cells
 from core.index.source import decode_cell_ids
 from search.engine import QueryError, SearchEngine
-from search.region_batch import Reranked, rank_candidates, rerank
+from search.region_batch import BlockQuery, Reranked, rank_candidates, rerank_all
+from search.region_fusion import Encoding, fuse
 from search.region_geometry import MIN_COVER as MIN_COVER
 from search.region_geometry import Box as Box
 from search.region_geometry import CellBlock as CellBlock
@@ -60,19 +65,22 @@ logger = logging.getLogger(__name__)
 SCALES = tuple(2.0 ** (step / 3) for step in range(-3, 4))  # 0.5 ... 2, in steps of 2^(1/3)
 # Scales around one photo cell per query cell that the query's extra views try (search.region_scales).
 NATIVE_SCALES = (2.0 ** (-1 / 3), 1.0, 2.0 ** (1 / 3))
-# Candidates (the best by the query's own encoding) that the extra views re-rank.
-VIEW_CANDIDATES = 30
 
 
 @dataclass(frozen=True)
 class RegionMatch:
     """A photo that contains the region: its score, the matched box in its own pixels (after EXIF
-    orientation) and the per-cell similarity heatmap (``grid x grid``, best query cell per cell)."""
+    orientation) and the per-cell similarity heatmap (``grid x grid``, best query cell per cell).
+
+    ``score`` ranks the matches: how far the photo stands above the other candidates (a robust z-score,
+    best over the query's encodings; :mod:`search.region_fusion`). ``similarity`` is the verified
+    placement score behind it (a cosine-like value, at most 1)."""
 
     rank: int
     id: int
     path: str
     score: float
+    similarity: float
     box: Box
     width: int
     height: int
@@ -84,6 +92,7 @@ class RegionMatch:
             "id": self.id,
             "path": self.path,
             "score": self.score,
+            "similarity": self.similarity,
             "box": list(self.box),
             "width": self.width,
             "height": self.height,
@@ -217,7 +226,8 @@ def match_region(
     figure and the tests compare against; slower, same results to float tolerance). ``verify``: add the
     spatial-consistency bonus (:mod:`search.region_verify`; off gives the scores before it). ``views``: the
     query encoded again at other scales (:mod:`search.region_scales`), re-ranked with windows near one
-    photo cell per query cell; each candidate keeps its best score over the query and its views."""
+    photo cell per query cell; each candidate keeps its best standardised score over the query and its
+    views (:mod:`search.region_fusion`)."""
     clock = time.perf_counter()
 
     def lap(stage: str) -> None:
@@ -255,54 +265,47 @@ def match_region(
     # Compared in the grid codes' rotated space: one rotation of the query instead of one per photo cell.
     query_cells = rotate(cells).reshape(block.rows, block.cols, dim)
     coverage = cell_coverage(box, block, query_w, query_h)
-    reranked = (_rerank_one_by_one if one_by_one else rerank)(
-        query_cells,
-        coverage,
-        stored,
-        present,
+    everyone = list(range(len(present)))
+    sizes = (
         np.array([query_h / max(photos[i].height, 1) for i in present], dtype=np.float64),
         np.array([query_w / max(photos[i].width, 1) for i in present], dtype=np.float64),
-        dim,
-        SCALES,
-        verify=verify,
     )
-    winners: list[tuple[Reranked, Box | None, CellBlock, tuple[int, int]]] = [
-        (found, box, block, query_size) for found in reranked
-    ]
-    # Only the best candidates so far are re-ranked from the views: each view has s^2 times the query's
-    # cells, and all 100 candidates would quadruple the re-ranking (item 4's latency at 100,000 photos).
-    shortlist = sorted(range(len(reranked)), key=lambda number: -reranked[number].score)[:VIEW_CANDIDATES]
+    blocks = [BlockQuery(query_cells, coverage, *sizes, SCALES)]
+    encodings = [Encoding(box, block, query_size)]
     for view in views:
         view_w, view_h = view.size
         view_block = cells_under_box(view.box, view_w, view_h, grid)
         view_cells = view.grid[view_block.top : view_block.bottom, view_block.left : view_block.right]
-        rows_scale = np.array([view_h / max(photos[present[i]].height, 1) for i in shortlist], dtype=np.float64)
-        cols_scale = np.array([view_w / max(photos[present[i]].width, 1) for i in shortlist], dtype=np.float64)
+        rows_scale = np.array([view_h / max(photos[i].height, 1) for i in present], dtype=np.float64)
+        cols_scale = np.array([view_w / max(photos[i].width, 1) for i in present], dtype=np.float64)
         # Centre each candidate's few scales on one photo cell per query cell, within the copy scales.
         native = np.clip(1.0 / np.sqrt(rows_scale * cols_scale), SCALES[0], SCALES[-1])
-        view_found = rerank(
-            rotate(np.ascontiguousarray(view_cells.reshape(-1, dim), dtype=np.float32)).reshape(
-                view_block.rows, view_block.cols, dim
-            ),
-            cell_coverage(view.box, view_block, view_w, view_h),
-            [stored[i] for i in shortlist],
-            [present[i] for i in shortlist],
-            rows_scale * native,
-            cols_scale * native,
-            dim,
-            NATIVE_SCALES,
-            verify=verify,
+        rotated = rotate(np.ascontiguousarray(view_cells.reshape(-1, dim), dtype=np.float32))
+        blocks.append(
+            BlockQuery(
+                rotated.reshape(view_block.rows, view_block.cols, dim),
+                cell_coverage(view.box, view_block, view_w, view_h),
+                rows_scale * native,
+                cols_scale * native,
+                NATIVE_SCALES,
+            )
         )
-        for number, found in zip(shortlist, view_found, strict=True):
-            if found.score > winners[number][0].score:
-                winners[number] = (found, view.box, view_block, view.size)
-    matches: list[tuple[float, int, Box, Grid]] = []
-    for found, found_box, found_block, found_size in winners:
-        photo = photos[found.photo_id]
+        encodings.append(Encoding(view.box, view_block, view.size))
+    # The codes are decoded once and meet the cells of the query and of all its views in one product.
+    if one_by_one:
+        reranked = [_rerank_one_by_one(query_cells, coverage, stored, present, *sizes, dim, SCALES, verify=verify)]
+        reranked += rerank_all(blocks[1:], stored, present, dim, verify=verify) if views else []
+    else:
+        reranked = rerank_all(blocks, stored, present, dim, verify=verify)
+    matches: list[tuple[float, float, int, Box, Grid]] = []
+    for fused in fuse([(used, everyone, found) for used, found in zip(encodings, reranked, strict=True)], len(present)):
+        photo = photos[fused.found.photo_id]
+        found = fused.found
         placement = Placement(found.score, found.top, found.left, found.rows, found.cols)
-        photo_box = matched_box(found_box, found_block, placement, found_size, (photo.width, photo.height), grid)
-        matches.append((placement.score, found.photo_id, photo_box, found.heatmap))
-    matches.sort(key=lambda match: (-match[0], match[1]))
+        used = fused.encoding
+        photo_box = matched_box(used.box, used.block, placement, used.size, (photo.width, photo.height), grid)
+        matches.append((fused.score, fused.similarity, found.photo_id, photo_box, found.heatmap))
+    matches.sort(key=lambda match: (-match[0], match[2]))
     lap("re-ranking")
     query_box = block_to_box(block.top, block.left, block.rows, block.cols, grid, query_w, query_h)
     return RegionResults(
@@ -315,12 +318,13 @@ def match_region(
                 id=photo_id,
                 path=photos[photo_id].path,
                 score=score,
+                similarity=similarity,
                 box=photo_box,
                 width=photos[photo_id].width,
                 height=photos[photo_id].height,
                 heatmap=heatmap,
             )
-            for rank, (score, photo_id, photo_box, heatmap) in enumerate(matches[:k], start=1)
+            for rank, (score, similarity, photo_id, photo_box, heatmap) in enumerate(matches[:k], start=1)
         ],
     )
 

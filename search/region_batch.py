@@ -2,7 +2,8 @@
 
 - :func:`rank_candidates`: a photo's candidate score is the sum over query cells of its best cell match
   in the patch index's neighbours (NumPy over all hits at once instead of a Python loop over them).
-- :func:`rerank`: every candidate's stored codes decoded in one go, one matrix product for all their
+- :func:`rerank`: every candidate's stored codes decoded in one go (:func:`decode_grids`, shared by all
+  of a query's encodings), one matrix product for all their
   cells against the query's, and the placement search of :func:`search.region.best_placement` run for
   all candidates that share a window size at once. The per-candidate path cost 4-10 ms a photo, most of
   it NumPy call overhead on small arrays; the results are the same to float tolerance
@@ -21,7 +22,7 @@ import numpy.typing as npt
 
 from core.catalog import StoredGrid
 from core.errors import CatalogError
-from core.grid_codes import BYTE_TRITS, COSINE_FLOOR, COSINE_STEPS, TRITS_PER_BYTE, grid_codes
+from core.grid_codes import BYTE_TRITS, COSINE_FLOOR, COSINE_STEPS, grid_codes
 from search.region_verify import verified_scores
 
 logger = logging.getLogger(__name__)
@@ -77,33 +78,66 @@ def rank_candidates(scores: Grid, vector_photos: Ids, valid: npt.NDArray[np.bool
     return [int(photo) for photo in unique_photos[order]]
 
 
-# Each code byte's five trits as int8 in the low bytes of one int64: one gather per byte instead of five.
-_PACKED_TRITS = np.zeros((3**TRITS_PER_BYTE, 8), dtype=np.int8)
-_PACKED_TRITS[:, :TRITS_PER_BYTE] = BYTE_TRITS.astype(np.int8)
-_PACKED_TRITS_64 = _PACKED_TRITS.view(np.int64).ravel()
+# Each code byte's five trits as float32: one row gather per byte (np.take) instead of five lookups.
+_BYTE_TRIT_VALUES = np.ascontiguousarray(BYTE_TRITS, dtype=np.float32)
 _NONZERO_TRITS = np.count_nonzero(BYTE_TRITS, axis=1).astype(np.int32)
+
+
+@dataclass(frozen=True)
+class DecodedGrids:
+    """Candidates' stored codes decoded once, for every query encoding that re-ranks them: per grid
+    size, the candidates' positions in the list decoded, their cells' trits (``[cells, dim]``) and each
+    cell's scale (1 / (trit norm * cosine))."""
+
+    count: int
+    groups: tuple[tuple[int, Ids, Grid, Grid], ...]  # (grid, members, values, scales)
+
+
+def decode_grids(stored: Sequence[StoredGrid], dim: int) -> DecodedGrids:
+    """Decode every stored grid's codes (:mod:`core.grid_codes`), grouped by grid size."""
+    sizes = np.array([grid.grid for grid in stored], dtype=int)
+    groups = []
+    for grid in np.unique(sizes).tolist():
+        members = np.flatnonzero(sizes == grid)
+        try:
+            codes = np.concatenate([grid_codes(stored[i].data, grid, dim) for i in members.tolist()])
+        except ValueError as error:
+            raise CatalogError(str(error)) from error
+        # [cells, dim]: a view of [cells, bytes * 5] (the matrix product takes its row stride as it is).
+        values = np.take(_BYTE_TRIT_VALUES, codes[:, 1:], axis=0).reshape(len(codes), -1)[:, :dim]
+        norms = np.sqrt(_NONZERO_TRITS[codes[:, 1:]].sum(axis=1, dtype=np.int32).astype(np.float32))
+        cosines = COSINE_FLOOR + codes[:, 0].astype(np.float32) / COSINE_STEPS
+        scales = (1.0 / (np.maximum(norms, np.float32(1e-12)) * cosines)).astype(np.float32)
+        groups.append((int(grid), members, values, scales))
+    return DecodedGrids(len(stored), tuple(groups))
+
+
+def decoded_products(values: Grid, scales: Grid, query: Grid) -> Grid:
+    """Inner products of each rotated query cell (``[q, dim]``) with decoded cells (one group of
+    :class:`DecodedGrids`): ``[q, cells]``. The trits go through the matrix product as they are; each
+    cell's scale is applied to its few products afterwards instead of to its ``dim`` values."""
+    products = query @ values.T
+    products *= scales[None, :]
+    return products
+
+
+def decoded_similarities(values: Grid, scales: Grid, members: int, query: Grid) -> Grid:
+    """:func:`decoded_products` in the layout the placement search gathers from: ``[members, q, g * g]``."""
+    return _by_photo(decoded_products(values, scales, query), members)
+
+
+def _by_photo(products: Grid, members: int) -> Grid:
+    return np.ascontiguousarray(products.reshape(products.shape[0], members, -1).transpose(1, 0, 2))
 
 
 def code_similarities(stored: Sequence[StoredGrid], query: Grid) -> Grid:
     """Inner products of every cell of the stored grids (all of one size) with each rotated query cell
-    (``[q, dim]``): ``[n, q, g * g]``, equal to those of :func:`core.grid_codes.rotated_cells`.
-
-    The trits go through the matrix product as they are; each cell's scale (1 / (trit norm * cosine))
-    is applied to its few products afterwards instead of to its ``dim`` values."""
-    dim = query.shape[1]
-    try:
-        codes = np.concatenate([grid_codes(grid.data, grid.grid, dim) for grid in stored])
-    except ValueError as error:
-        raise CatalogError(str(error)) from error
-    packed = _PACKED_TRITS_64[codes[:, 1:]]  # [cells, bytes] int64
-    trits = packed.view(np.int8).reshape(len(codes), -1, 8)[:, :, :TRITS_PER_BYTE].reshape(len(codes), -1)
-    values = trits[:, :dim].astype(np.float32)
-    norms = np.sqrt(_NONZERO_TRITS[codes[:, 1:]].sum(axis=1, dtype=np.int32).astype(np.float32))
-    cosines = COSINE_FLOOR + codes[:, 0].astype(np.float32) / COSINE_STEPS
-    scale = 1.0 / (np.maximum(norms, np.float32(1e-12)) * cosines)
-    # One matrix product for all cells; then [n, q, g * g], the layout the placement search gathers from.
-    products = (values @ query.T) * scale[:, None]
-    return np.ascontiguousarray(products.reshape(len(stored), -1, query.shape[0]).transpose(0, 2, 1))
+    (``[q, dim]``): ``[n, q, g * g]``, equal to those of :func:`core.grid_codes.rotated_cells`."""
+    decoded = decode_grids(stored, query.shape[1])
+    if len(decoded.groups) != 1:
+        raise ValueError("code_similarities takes grids of one size")
+    _, members, values, scales = decoded.groups[0]
+    return decoded_similarities(values, scales, len(members), query)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -169,10 +203,22 @@ def best_placements(
     )
 
 
+@dataclass(frozen=True)
+class BlockQuery:
+    """One encoding's block of rotated query cells (``[rows, cols, dim]``) with its coverage ``weights``,
+    each candidate's aspect correction (``scale_rows``, ``scale_cols``, ``[n]``) and the scales tried."""
+
+    cells: Grid
+    weights: Grid
+    scale_rows: npt.NDArray[np.float64]
+    scale_cols: npt.NDArray[np.float64]
+    scales: tuple[float, ...]
+
+
 def rerank(
     query_cells: Grid,
     weights: Grid,
-    stored: Sequence[StoredGrid],
+    stored: Sequence[StoredGrid] | DecodedGrids,
     photo_ids: Sequence[int],
     scale_rows: npt.NDArray[np.float64],
     scale_cols: npt.NDArray[np.float64],
@@ -185,29 +231,58 @@ def rerank(
     ``weights``) in every candidate's stored grid, candidates in the order given. ``verify`` adds the
     spatial-consistency bonus of :func:`search.region_verify.verified_scores` to each score.
 
-    Candidates are batched by grid size (a catalog has one; a mixed one is handled group by group)."""
-    rows, cols, _ = query_cells.shape
-    query = query_cells.reshape(rows * cols, dim)
-    found: dict[int, Reranked] = {}
-    sizes = np.array([grid.grid for grid in stored], dtype=int)
-    for grid in np.unique(sizes).tolist():
-        members = np.flatnonzero(sizes == grid)
-        # One matrix product for every candidate cell against every query cell.
-        similarity = code_similarities([stored[i] for i in members.tolist()], query)  # [n, q, g * g]
-        similarity = similarity.reshape(len(members), rows, cols, grid, grid)
-        placed = best_placements(similarity, scale_rows[members], scale_cols[members], weights, scales)
-        scores = placed.scores
-        if verify:
-            scores = verified_scores(scores, similarity, placed.tops, placed.lefts, placed.rows, placed.cols, weights)
-        heatmaps = similarity.reshape(len(members), rows * cols, grid, grid).max(axis=1)
-        for slot, member in enumerate(members.tolist()):
-            found[member] = Reranked(
-                int(photo_ids[member]),
-                float(scores[slot]),
-                int(placed.tops[slot]),
-                int(placed.lefts[slot]),
-                int(placed.rows[slot]),
-                int(placed.cols[slot]),
-                heatmaps[slot],
-            )
-    return [found[i] for i in range(len(stored))]
+    ``stored`` may come decoded already (:func:`decode_grids`). Candidates are batched by grid size (a
+    catalog has one; a mixed one is handled group by group)."""
+    block = BlockQuery(query_cells, weights, scale_rows, scale_cols, scales)
+    return rerank_all([block], stored, photo_ids, dim, verify=verify)[0]
+
+
+def rerank_all(
+    queries: Sequence[BlockQuery],
+    stored: Sequence[StoredGrid] | DecodedGrids,
+    photo_ids: Sequence[int],
+    dim: int,
+    *,
+    verify: bool = True,
+) -> list[list[Reranked]]:
+    """:func:`rerank` for several encodings of one query (the query and its views) at once: the codes are
+    decoded once and go through one matrix product with all the encodings' cells."""
+    decoded = stored if isinstance(stored, DecodedGrids) else decode_grids(stored, dim)
+    sizes = [query.cells.shape[0] * query.cells.shape[1] for query in queries]
+    bounds = np.cumsum([0, *sizes])
+    every_cell = np.concatenate([query.cells.reshape(-1, dim) for query in queries])
+    found: list[dict[int, Reranked]] = [{} for _ in queries]
+    for grid, members, values, cell_scales in decoded.groups:
+        products = decoded_products(values, cell_scales, every_cell)  # [all query cells, cells]
+        for number, query in enumerate(queries):
+            rows, cols, _ = query.cells.shape
+            similarity = _by_photo(products[bounds[number] : bounds[number + 1]], len(members))
+            similarity = similarity.reshape(len(members), rows, cols, grid, grid)
+            found[number].update(_placed(similarity, query, members, photo_ids, verify))
+    return [[found_here[i] for i in range(decoded.count)] for found_here in found]
+
+
+def _placed(
+    similarity: Grid, query: BlockQuery, members: Ids, photo_ids: Sequence[int], verify: bool
+) -> dict[int, Reranked]:
+    """One group's candidates (``similarity`` ``[n, rows, cols, g, g]``) placed and scored, by position."""
+    count, rows, cols, grid, _ = similarity.shape
+    placed = best_placements(
+        similarity, query.scale_rows[members], query.scale_cols[members], query.weights, query.scales
+    )
+    scores = placed.scores
+    if verify:
+        scores = verified_scores(scores, similarity, placed.tops, placed.lefts, placed.rows, placed.cols, query.weights)
+    heatmaps = similarity.reshape(count, rows * cols, grid, grid).max(axis=1)
+    return {
+        member: Reranked(
+            int(photo_ids[member]),
+            float(scores[slot]),
+            int(placed.tops[slot]),
+            int(placed.lefts[slot]),
+            int(placed.rows[slot]),
+            int(placed.cols[slot]),
+            heatmaps[slot],
+        )
+        for slot, member in enumerate(members.tolist())
+    }

@@ -96,7 +96,7 @@ def test_moved_copied_touched_and_changed_photos_keep_their_grids(
     finally:
         engine.close()
     assert found.matches[0].path == path[moved_to]
-    assert found.matches[0].score == pytest.approx(1.0, abs=1e-2)
+    assert found.matches[0].similarity == pytest.approx(1.0, abs=1e-2)
 
 
 def test_copies_within_one_build_each_get_a_grid(photo_dir: Path, tmp_path: Path) -> None:

@@ -128,8 +128,11 @@ def test_whole_image_region_query(pasted_collection: Path) -> None:
     assert found.matches[0].box == (0, 0, 640, 427)
     # Every cell against itself (cosine 1 up to the codes' error), but not every cell's best match is its
     # own place (flat cells have near-twins), so the spatial verification gives less than its full bonus.
-    assert 0.8 <= found.matches[0].score <= 1.0 + 1e-3
-    assert found.matches[0].score > found.matches[1].score + 0.05
+    assert 0.8 <= found.matches[0].similarity <= 1.0 + 1e-3
+    assert found.matches[0].similarity > found.matches[1].similarity + 0.05
+    # Ranked by how far it stands above the other candidates: well above their median (z > 2).
+    assert found.matches[0].score > 2.0
+    assert [m.score for m in found.matches] == sorted((m.score for m in found.matches), reverse=True)
 
 
 def test_patch_index_stays_consistent_after_deletes(photo_dir: Path, tmp_path: Path) -> None:

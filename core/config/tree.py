@@ -172,7 +172,7 @@ class PatchConfig:
     enabled: bool = True
     grid: int = _checked(16, _at_least(1))
     candidates: int = _checked(100, _at_least(1))
-    cell_neighbours: int = _checked(256, _at_least(1))
+    cell_neighbours: int = _checked(512, _at_least(1))
     index: IndexConfig = IndexConfig(
         exact_below=50_000, compress_above=50_000, pq_bytes=32, nprobe=16, target_recall=0.8, exact_codec="RaBitQ"
     )

@@ -52,7 +52,7 @@ if query is not None:
             continue
         cached = thumbnail(engine.config.data_dir, photo, engine.photo_limits)
         if cached is None:
-            items.append((photo, f"#{match.rank} · {match.score:.3f}", None))
+            items.append((photo, f"#{match.rank} · score {match.score:.2f} · similarity {match.similarity:.3f}", None))
             continue
         with Image.open(cached) as opened:
             shown = opened.convert("RGB")
@@ -60,7 +60,8 @@ if query is not None:
             shown = overlay_heatmap(shown, match.heatmap)
         shown = draw_box(shown, match.box, (photo.width, photo.height))
         caption = (
-            f"#{match.rank} · {match.score:.3f}  \n**{Path(photo.path).name}**  \nbox {','.join(map(str, match.box))}"
+            f"#{match.rank} · score {match.score:.2f} · similarity {match.similarity:.3f}  \n"
+            f"**{Path(photo.path).name}**  \nbox {','.join(map(str, match.box))}"
         )
         items.append((photo, caption, shown))
 

@@ -1,0 +1,69 @@
+"""Fusing a region query's encodings (search/region_fusion.py): standardised per encoding, best kept."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from search.region_batch import Reranked
+from search.region_fusion import MIN_POOL, MIN_SPREAD, Encoding, fuse, standardised
+from search.region_geometry import CellBlock
+
+HEATMAP = np.zeros((2, 2), dtype=np.float32)
+
+
+def _found(scores: list[float], top: int = 0) -> list[Reranked]:
+    return [Reranked(100 + i, score, top, 0, 1, 1, HEATMAP) for i, score in enumerate(scores)]
+
+
+def _encoding(size: int) -> Encoding:
+    return Encoding((0, 0, size, size), CellBlock(0, 0, 1, 1, 2), (size, size))
+
+
+def test_standardised_is_a_robust_z_score() -> None:
+    rng = np.random.default_rng(0)
+    crowd = rng.normal(0.4, 0.05, 200)
+    z = standardised(np.append(crowd, 0.9))
+    assert abs(float(np.median(z))) < 1e-9
+    assert z[-1] == pytest.approx((0.9 - np.median(np.append(crowd, 0.9))) / 0.05, rel=0.15)
+    # One outlier does not move the scale: a plain standard deviation would shrink it.
+    assert z[-1] > (0.9 - crowd.mean()) / np.append(crowd, 0.9).std()
+
+
+def test_small_pools_and_flat_crowds() -> None:
+    few = np.array([0.3, 0.9, 0.5])
+    assert len(few) < MIN_POOL
+    assert np.array_equal(standardised(few), few)
+    flat = np.full(MIN_POOL + 2, 0.5)
+    flat[0] = 0.52
+    assert standardised(flat)[0] == pytest.approx(0.02 / MIN_SPREAD)
+
+
+def test_a_candidate_keeps_the_encoding_where_it_stands_out() -> None:
+    count = 12
+    # The query flatters every photo (raw 0.70 +- 0.01); photo 3 stands out only in the view (raw 0.60
+    # in a crowd at 0.30), and photo 5 only in the query.
+    query = [0.70 + 0.01 * ((i % 3) - 1) for i in range(count)]
+    query[5] = 0.80
+    view = [0.30 + 0.01 * ((i % 3) - 1) for i in range(count)]
+    view[3] = 0.60
+    fused = fuse(
+        [
+            (_encoding(10), list(range(count)), _found(query, top=1)),
+            (_encoding(20), list(range(count)), _found(view, top=2)),
+        ],
+        count,
+    )
+    assert len(fused) == count
+    assert fused[3].encoding.size == (20, 20) and fused[3].found.top == 2
+    assert fused[3].similarity == pytest.approx(0.60)
+    assert fused[5].encoding.size == (10, 10) and fused[5].similarity == pytest.approx(0.80)
+    order = sorted(range(count), key=lambda i: -fused[i].score)
+    assert order[:2] == [3, 5]  # best raw score over encodings would put photo 3 below every photo
+
+
+def test_partial_encodings_and_a_candidate_left_out() -> None:
+    fused = fuse([(_encoding(10), [0, 1], _found([0.5, 0.4]))], 2)
+    assert [f.score for f in fused] == [0.5, 0.4]  # a pool under MIN_POOL keeps raw scores
+    with pytest.raises(ValueError, match="no encoding"):
+        fuse([(_encoding(10), [0], _found([0.5]))], 2)
