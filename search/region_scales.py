@@ -10,8 +10,8 @@ square, so the box, mapped into the window, goes through :func:`search.region.ma
 unchanged, and a matched box comes back in the candidate's pixels as before.
 
 Each extra view's placement search tries only windows near one photo cell per query cell; each
-candidate keeps its best verified score over all views (the photo as it is, with the full scale range,
-among them).
+candidate is ranked by the encoding (the photo as it is, with the full scale range, or a view) where it
+stands out most from the other candidates (:mod:`search.region_fusion`).
 """
 
 from __future__ import annotations
