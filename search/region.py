@@ -47,7 +47,7 @@ from core.grid_codes import grid_codes, rotate, rotated_cells
 from core.index.source import decode_cell_ids
 from search.engine import QueryError, SearchEngine
 from search.region_batch import BlockQuery, Reranked, rank_candidates, rerank_all
-from search.region_fusion import Encoding, fuse
+from search.region_fusion import Encoding, fuse, fused_box
 from search.region_geometry import MIN_COVER as MIN_COVER
 from search.region_geometry import Box as Box
 from search.region_geometry import CellBlock as CellBlock
@@ -300,11 +300,8 @@ def match_region(
     matches: list[tuple[float, float, int, Box, Grid]] = []
     for fused in fuse([(used, everyone, found) for used, found in zip(encodings, reranked, strict=True)], len(present)):
         photo = photos[fused.found.photo_id]
-        found = fused.found
-        placement = Placement(found.score, found.top, found.left, found.rows, found.cols)
-        used = fused.encoding
-        photo_box = matched_box(used.box, used.block, placement, used.size, (photo.width, photo.height), grid)
-        matches.append((fused.score, fused.similarity, found.photo_id, photo_box, found.heatmap))
+        photo_box = fused_box(fused, (photo.width, photo.height), grid)
+        matches.append((fused.score, fused.similarity, fused.found.photo_id, photo_box, fused.found.heatmap))
     matches.sort(key=lambda match: (-match[0], match[2]))
     lap("re-ranking")
     query_box = block_to_box(block.top, block.left, block.rows, block.cols, grid, query_w, query_h)

@@ -15,6 +15,11 @@ raw score (``docs/region-search.md``).
 
 With fewer than :data:`MIN_POOL` candidates there is no crowd to stand out from: the raw verified
 scores are fused instead (each candidate's best over the encodings).
+
+The matched box (:func:`fused_box`) is the mean of the boxes the encodings place in the photo, over
+those that overlap the winning encoding's box, weighted by their standardised scores: each encoding's
+placement snaps to whole cells of its own size, and their mean is finer than any one of them (tune
+split: mean IoU 0.666 -> 0.699).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from search.region_batch import Reranked
-from search.region_geometry import Box, CellBlock
+from search.region_geometry import Box, CellBlock, Placement, matched_box
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +40,8 @@ MIN_POOL = 8
 # The smallest spread a z-score divides by: scores within 0.01 of each other are one crowd.
 MIN_SPREAD = 0.01
 MAD_TO_STD = 1.4826
+# The weight of a box whose encoding scores at or below 0 when boxes are averaged (:func:`fused_box`).
+MIN_BOX_WEIGHT = 1e-3
 
 
 @dataclass(frozen=True)
@@ -49,12 +56,14 @@ class Encoding:
 @dataclass(frozen=True)
 class Fused:
     """A candidate's fused match: the ``score`` it is ranked by, the winning encoding's verified
-    ``similarity`` (a cosine-like value, at most 1), that encoding's placement and the encoding."""
+    ``similarity`` (a cosine-like value, at most 1), that encoding's placement and the encoding, and every
+    encoding's (standardised score, placement, encoding) for this candidate, the winner's among them."""
 
     score: float
     similarity: float
     found: Reranked
     encoding: Encoding
+    every: tuple[tuple[float, Reranked, Encoding], ...]
 
 
 def standardised(scores: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -71,13 +80,46 @@ def fuse(encodings: Sequence[tuple[Encoding, Sequence[int], Sequence[Reranked]]]
     candidates it re-ranked, by position, and their matches). Every candidate must be re-ranked by at
     least one encoding; the first encoding wins ties."""
     best: list[Fused | None] = [None] * count
+    every: list[list[tuple[float, Reranked, Encoding]]] = [[] for _ in range(count)]
     for encoding, positions, found in encodings:
         scores = standardised(np.array([match.score for match in found], dtype=np.float64))
         for position, score, match in zip(positions, scores.tolist(), found, strict=True):
+            every[position].append((score, match, encoding))
             known = best[position]
             if known is None or score > known.score:
-                best[position] = Fused(score, match.score, match, encoding)
+                best[position] = Fused(score, match.score, match, encoding, ())
     missing = [position for position, fused in enumerate(best) if fused is None]
     if missing:
         raise ValueError(f"candidates {missing} were re-ranked by no encoding")
-    return [fused for fused in best if fused is not None]
+    return [
+        Fused(fused.score, fused.similarity, fused.found, fused.encoding, tuple(every[position]))
+        for position, fused in enumerate(best)
+        if fused is not None
+    ]
+
+
+def placed_box(found: Reranked, encoding: Encoding, photo_size: tuple[int, int], grid: int) -> Box:
+    """Where ``encoding``'s box lands in a ``width x height`` photo through the placement ``found``."""
+    placement = Placement(found.score, found.top, found.left, found.rows, found.cols)
+    return matched_box(encoding.box, encoding.block, placement, encoding.size, photo_size, grid)
+
+
+def fused_box(fused: Fused, photo_size: tuple[int, int], grid: int) -> Box:
+    """The matched box in a photo of ``photo_size``: the mean of the encodings' boxes that overlap the
+    winning encoding's, weighted by their standardised scores (at least :data:`MIN_BOX_WEIGHT`)."""
+    winner = placed_box(fused.found, fused.encoding, photo_size, grid)
+    boxes, weights = [], []
+    for score, found, encoding in fused.every:
+        box = placed_box(found, encoding, photo_size, grid)
+        if _overlap(box, winner) > 0:
+            boxes.append(box)
+            weights.append(max(score, MIN_BOX_WEIGHT))
+    if not boxes:  # a box of no area overlaps nothing, itself included
+        return winner
+    mean = np.average(np.array(boxes, dtype=np.float64), axis=0, weights=np.array(weights))
+    x0, y0, x1, y1 = (round(float(value)) for value in mean)
+    return (x0, y0, x1, y1)
+
+
+def _overlap(a: Box, b: Box) -> int:
+    return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from search.region_batch import Reranked
-from search.region_fusion import MIN_POOL, MIN_SPREAD, Encoding, fuse, standardised
+from search.region_fusion import MIN_POOL, MIN_SPREAD, Encoding, Fused, fuse, fused_box, standardised
 from search.region_geometry import CellBlock
 
 HEATMAP = np.zeros((2, 2), dtype=np.float32)
@@ -58,6 +58,8 @@ def test_a_candidate_keeps_the_encoding_where_it_stands_out() -> None:
     assert fused[3].encoding.size == (20, 20) and fused[3].found.top == 2
     assert fused[3].similarity == pytest.approx(0.60)
     assert fused[5].encoding.size == (10, 10) and fused[5].similarity == pytest.approx(0.80)
+    assert [encoding.size for _, _, encoding in fused[3].every] == [(10, 10), (20, 20)]  # both, for the box
+    assert max(score for score, _, _ in fused[3].every) == fused[3].score
     order = sorted(range(count), key=lambda i: -fused[i].score)
     assert order[:2] == [3, 5]  # best raw score over encodings would put photo 3 below every photo
 
@@ -67,3 +69,26 @@ def test_partial_encodings_and_a_candidate_left_out() -> None:
     assert [f.score for f in fused] == [0.5, 0.4]  # a pool under MIN_POOL keeps raw scores
     with pytest.raises(ValueError, match="no encoding"):
         fuse([(_encoding(10), [0], _found([0.5]))], 2)
+
+
+def _placed(score: float, top: int, left: int, size: int) -> tuple[float, Reranked, Encoding]:
+    """An encoding of the whole 400x400 query (a 4x4 grid) placed at ``top, left`` over ``size`` cells
+    of a 4x4 photo grid, so its box in a 400x400 photo is those cells at 100 px each."""
+    whole = Encoding(None, CellBlock(0, 0, 4, 4, 4), (400, 400))
+    return (score, Reranked(1, 0.5, top, left, size, size, HEATMAP), whole)
+
+
+def test_the_box_is_the_weighted_mean_of_the_boxes_that_agree() -> None:
+    winner = _placed(3.0, 1, 1, 2)  # box 100,100,300,300
+    shifted = _placed(1.0, 1, 2, 2)  # 200,100,400,300: overlaps the winner's
+    elsewhere = _placed(2.5, 3, 3, 1)  # 300,300,400,400: touches the winner's corner only
+    negative = _placed(-1.0, 0, 0, 2)  # 0,0,200,200: overlaps, but stands out nowhere
+    fused = Fused(3.0, 0.5, winner[1], winner[2], (winner, shifted, elsewhere, negative))
+    total = 3.0 + 1.0 + 1e-3
+    x0 = round((3.0 * 100 + 1.0 * 200 + 1e-3 * 0) / total)
+    y0 = round((3.0 * 100 + 1.0 * 100 + 1e-3 * 0) / total)
+    x1 = round((3.0 * 300 + 1.0 * 400 + 1e-3 * 200) / total)
+    y1 = round((3.0 * 300 + 1.0 * 300 + 1e-3 * 200) / total)
+    assert fused_box(fused, (400, 400), 4) == (x0, y0, x1, y1) == (125, 100, 325, 300)
+    alone = Fused(3.0, 0.5, winner[1], winner[2], (winner, elsewhere))
+    assert fused_box(alone, (400, 400), 4) == (100, 100, 300, 300)
