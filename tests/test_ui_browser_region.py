@@ -33,6 +33,8 @@ QUERY_SIZE = (600, 400)
 DRAG_FROM = (0.03, 0.28)
 DRAG_TO = (0.52, 0.78)
 TOLERANCE_PX = 4  # photo pixels; one displayed pixel is 600 / 420 of them
+# The drag component's frame; a stale one of no size can linger beside it while the page reruns.
+DRAG_FRAME = "iframe[title*='streamlit_image_coordinates'] >> visible=true"
 
 
 @pytest.fixture(scope="module")
@@ -93,16 +95,17 @@ def test_drag_a_box_on_the_query_and_find_it(served: tuple[str, Path]) -> None:
         name.press("Enter")
 
         # The query in the drag component, and the first results for the default box.
-        # While the page switches to the picked query, the previous drag component can linger beside the new
-        # one for a moment (seen once in CI): wait until exactly one is left and its image has loaded.
+        # While the page switches to the picked query, or reruns, Streamlit can keep a stale drag component
+        # of no size beside the shown one for a moment (seen twice in CI): only the visible one counts.
         page.wait_for_function(
             "() => { const frames = [...document.querySelectorAll("
-            "\"iframe[title*='streamlit_image_coordinates']\")];"
+            "\"iframe[title*='streamlit_image_coordinates']\")]"
+            ".filter(frame => frame.getBoundingClientRect().height > 0);"
             " return frames.length === 1 && frames[0].contentDocument"
             " && frames[0].contentDocument.querySelector('img')?.naturalWidth > 0; }",
             timeout=120_000,
         )
-        image = page.frame_locator("iframe[title*='streamlit_image_coordinates']").locator("img")
+        image = page.frame_locator(DRAG_FRAME).locator("img")
         image.wait_for(timeout=60_000)
         wait_until(lambda: QUERY in top_result(page), 120, "the results of the default box")
         default_result = top_result(page)
