@@ -2,11 +2,11 @@
 
 - :func:`rank_candidates`: a photo's candidate score is the sum over query cells of its best cell match
   in the patch index's neighbours (NumPy over all hits at once instead of a Python loop over them).
-- :func:`rerank`: every candidate's stored codes decoded in one go (:func:`decode_grids`, shared by all
-  of a query's encodings), one matrix product for all their
-  cells against the query's, and the placement search of :func:`search.region.best_placement` run for
-  all candidates that share a window size at once. The per-candidate path cost 4-10 ms a photo, most of
-  it NumPy call overhead on small arrays; the results are the same to float tolerance
+- :func:`rerank_all` (and :func:`rerank` for one encoding): every candidate's stored codes decoded in
+  one go (:func:`decode_grids`), one matrix product for all their cells against the cells of the query
+  and of its views, and the placement search of :func:`search.region.best_placement` run for all
+  candidates that share a window size at once. The per-candidate path cost 4-10 ms a photo, most of it
+  NumPy call overhead on small arrays; the results are the same to float tolerance
   (``tests/test_region_batch.py`` keeps the per-candidate path as the reference).
 """
 
@@ -121,23 +121,9 @@ def decoded_products(values: Grid, scales: Grid, query: Grid) -> Grid:
     return products
 
 
-def decoded_similarities(values: Grid, scales: Grid, members: int, query: Grid) -> Grid:
-    """:func:`decoded_products` in the layout the placement search gathers from: ``[members, q, g * g]``."""
-    return _by_photo(decoded_products(values, scales, query), members)
-
-
 def _by_photo(products: Grid, members: int) -> Grid:
+    """``[q, members * g * g]`` products in the layout the placement search gathers from: ``[members, q, g * g]``."""
     return np.ascontiguousarray(products.reshape(products.shape[0], members, -1).transpose(1, 0, 2))
-
-
-def code_similarities(stored: Sequence[StoredGrid], query: Grid) -> Grid:
-    """Inner products of every cell of the stored grids (all of one size) with each rotated query cell
-    (``[q, dim]``): ``[n, q, g * g]``, equal to those of :func:`core.grid_codes.rotated_cells`."""
-    decoded = decode_grids(stored, query.shape[1])
-    if len(decoded.groups) != 1:
-        raise ValueError("code_similarities takes grids of one size")
-    _, members, values, scales = decoded.groups[0]
-    return decoded_similarities(values, scales, len(members), query)
 
 
 @functools.lru_cache(maxsize=4096)

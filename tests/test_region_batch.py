@@ -9,7 +9,7 @@ import pytest
 from core.catalog import StoredGrid
 from core.grid_codes import encode_grid, rotate
 from search.region import SCALES, CellBlock, best_placement, cell_coverage, stored_cells
-from search.region_batch import rank_candidates, rerank
+from search.region_batch import BlockQuery, decode_grids, rank_candidates, rerank, rerank_all
 from search.region_verify import verified_scores
 
 DIM = 48
@@ -83,3 +83,29 @@ def test_rerank_matches_best_placement_per_candidate(top: int, left: int, bottom
             expected.cols,
         )
         np.testing.assert_allclose(found.heatmap, similarity.reshape(-1, GRID, GRID).max(axis=0), atol=1e-5)
+
+
+def test_rerank_all_equals_one_rerank_per_encoding() -> None:
+    """The query and its views in one product over codes decoded once give each encoding's own results,
+    with a photo of another grid size among the candidates (re-ranked in a group of its own)."""
+    rng = np.random.default_rng(7)
+    stored = [StoredGrid(GRID, encode_grid(_unit(rng.normal(size=(GRID, GRID, DIM))))) for _ in range(9)]
+    stored.insert(4, StoredGrid(GRID // 2, encode_grid(_unit(rng.normal(size=(GRID // 2, GRID // 2, DIM))))))
+    ids = [100 + number for number in range(len(stored))]
+    blocks = []
+    for rows, cols, scales in ((3, 4, SCALES), (5, 5, SCALES[2:5]), (2, 2, SCALES[:1])):
+        cells = rotate(_unit(rng.normal(size=(rows * cols, DIM)))).reshape(rows, cols, DIM)
+        weights = rng.uniform(0.3, 1.0, size=(rows, cols)).astype(np.float32)
+        blocks.append(
+            BlockQuery(cells, weights, rng.uniform(0.5, 2, len(stored)), rng.uniform(0.5, 2, len(stored)), scales)
+        )
+    together = rerank_all(blocks, decode_grids(stored, DIM), ids, DIM)
+    assert len(together) == len(blocks)
+    for block, found in zip(blocks, together, strict=True):
+        alone = rerank(block.cells, block.weights, stored, ids, block.scale_rows, block.scale_cols, DIM, block.scales)
+        assert [match.photo_id for match in found] == ids
+        for a, b in zip(found, alone, strict=True):
+            assert a.score == pytest.approx(b.score, abs=1e-5)
+            assert (a.top, a.left, a.rows, a.cols) == (b.top, b.left, b.rows, b.cols)
+            np.testing.assert_allclose(a.heatmap, b.heatmap, atol=1e-5)
+    assert together[0][4].heatmap.shape == (GRID // 2, GRID // 2)
