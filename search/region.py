@@ -297,12 +297,8 @@ def match_region(
         reranked += rerank_all(blocks[1:], stored, present, dim, verify=verify) if views else []
     else:
         reranked = rerank_all(blocks, stored, present, dim, verify=verify)
-    matches: list[tuple[float, float, int, Box, Grid]] = []
-    for fused in fuse([(used, everyone, found) for used, found in zip(encodings, reranked, strict=True)], len(present)):
-        photo = photos[fused.found.photo_id]
-        photo_box = fused_box(fused, (photo.width, photo.height), grid)
-        matches.append((fused.score, fused.similarity, fused.found.photo_id, photo_box, fused.found.heatmap))
-    matches.sort(key=lambda match: (-match[0], match[2]))
+    fused = fuse([(used, everyone, found) for used, found in zip(encodings, reranked, strict=True)], len(present))
+    best = sorted(fused, key=lambda match: (-match.score, match.found.photo_id))[:k]
     lap("re-ranking")
     query_box = block_to_box(block.top, block.left, block.rows, block.cols, grid, query_w, query_h)
     return RegionResults(
@@ -312,16 +308,17 @@ def match_region(
         matches=[
             RegionMatch(
                 rank=rank,
-                id=photo_id,
-                path=photos[photo_id].path,
-                score=score,
-                similarity=similarity,
-                box=photo_box,
-                width=photos[photo_id].width,
-                height=photos[photo_id].height,
-                heatmap=heatmap,
+                id=match.found.photo_id,
+                path=photos[match.found.photo_id].path,
+                score=match.score,
+                similarity=match.similarity,
+                # Boxes only for the matches returned: each averages the boxes of every encoding.
+                box=fused_box(match, (photos[match.found.photo_id].width, photos[match.found.photo_id].height), grid),
+                width=photos[match.found.photo_id].width,
+                height=photos[match.found.photo_id].height,
+                heatmap=match.found.heatmap,
             )
-            for rank, (score, similarity, photo_id, photo_box, heatmap) in enumerate(matches[:k], start=1)
+            for rank, match in enumerate(best, start=1)
         ],
     )
 
