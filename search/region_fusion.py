@@ -20,7 +20,9 @@ scores are fused instead (each candidate's best over the encodings).
 The matched box (:func:`fused_box`) is the mean of the boxes the encodings place in the photo, over
 those that overlap the winning encoding's box, weighted by their standardised scores: each encoding's
 placement snaps to whole cells of its own size, and their mean is finer than any one of them (tune
-split: mean IoU 0.666 -> 0.699).
+split: mean IoU 0.666 -> 0.699). An exact match (similarity at least :data:`EXACT_SIMILARITY`: the photo
+holds the region's cells as they are, the query's own photo or a copy of it) keeps its own box: its
+placement has no snapping error to average away, and the others' would only blur it.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ MIN_SPREAD = 0.01
 MAD_TO_STD = 1.4826
 # The weight of a box whose encoding scores at or below 0 when boxes are averaged (:func:`fused_box`).
 MIN_BOX_WEIGHT = 1e-3
+# A match this similar is exact (the query photo itself scores 1.0): its box is not averaged.
+EXACT_SIMILARITY = 0.95
 
 
 @dataclass(frozen=True)
@@ -107,8 +111,11 @@ def placed_box(found: Reranked, encoding: Encoding, photo_size: tuple[int, int],
 
 def fused_box(fused: Fused, photo_size: tuple[int, int], grid: int) -> Box:
     """The matched box in a photo of ``photo_size``: the mean of the encodings' boxes that overlap the
-    winning encoding's, weighted by their standardised scores (at least :data:`MIN_BOX_WEIGHT`)."""
+    winning encoding's, weighted by their standardised scores (at least :data:`MIN_BOX_WEIGHT`); an
+    exact match's own box."""
     winner = placed_box(fused.found, fused.encoding, photo_size, grid)
+    if fused.similarity >= EXACT_SIMILARITY:
+        return winner
     boxes, weights = [], []
     for score, found, encoding in fused.every:
         box = placed_box(found, encoding, photo_size, grid)

@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 
 from search.region_batch import Reranked
-from search.region_fusion import MIN_POOL, MIN_SPREAD, Encoding, Fused, fuse, fused_box, standardised
+from search.region_fusion import (
+    EXACT_SIMILARITY,
+    MIN_POOL,
+    MIN_SPREAD,
+    Encoding,
+    Fused,
+    fuse,
+    fused_box,
+    standardised,
+)
 from search.region_geometry import CellBlock
 
 HEATMAP = np.zeros((2, 2), dtype=np.float32)
@@ -92,3 +101,12 @@ def test_the_box_is_the_weighted_mean_of_the_boxes_that_agree() -> None:
     assert fused_box(fused, (400, 400), 4) == (x0, y0, x1, y1) == (125, 100, 325, 300)
     alone = Fused(3.0, 0.5, winner[1], winner[2], (winner, elsewhere))
     assert fused_box(alone, (400, 400), 4) == (100, 100, 300, 300)
+
+
+def test_an_exact_match_keeps_its_own_box() -> None:
+    """The query's own photo (similarity 1): the views' boxes, snapped to their own cells, would only blur it."""
+    winner = _placed(9.0, 1, 1, 2)
+    shifted = _placed(8.0, 1, 2, 2)
+    assert fused_box(Fused(9.0, 1.0, winner[1], winner[2], (winner, shifted)), (400, 400), 4) == (100, 100, 300, 300)
+    just_under = Fused(9.0, EXACT_SIMILARITY - 0.01, winner[1], winner[2], (winner, shifted))
+    assert fused_box(just_under, (400, 400), 4) != (100, 100, 300, 300)
