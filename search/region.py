@@ -266,18 +266,16 @@ def match_region(
     query_cells = rotate(cells).reshape(block.rows, block.cols, dim)
     coverage = cell_coverage(box, block, query_w, query_h)
     everyone = list(range(len(present)))
-    sizes = (
-        np.array([query_h / max(photos[i].height, 1) for i in present], dtype=np.float64),
-        np.array([query_w / max(photos[i].width, 1) for i in present], dtype=np.float64),
-    )
+    heights = np.array([max(photos[i].height, 1) for i in present], dtype=np.float64)
+    widths = np.array([max(photos[i].width, 1) for i in present], dtype=np.float64)
+    sizes = (query_h / heights, query_w / widths)
     blocks = [BlockQuery(query_cells, coverage, *sizes, SCALES)]
     encodings = [Encoding(box, block, query_size)]
     for view in views:
         view_w, view_h = view.size
         view_block = cells_under_box(view.box, view_w, view_h, grid)
         view_cells = view.grid[view_block.top : view_block.bottom, view_block.left : view_block.right]
-        rows_scale = np.array([view_h / max(photos[i].height, 1) for i in present], dtype=np.float64)
-        cols_scale = np.array([view_w / max(photos[i].width, 1) for i in present], dtype=np.float64)
+        rows_scale, cols_scale = view_h / heights, view_w / widths
         # Centre each candidate's few scales on one photo cell per query cell, within the copy scales.
         native = np.clip(1.0 / np.sqrt(rows_scale * cols_scale), SCALES[0], SCALES[-1])
         rotated = rotate(np.ascontiguousarray(view_cells.reshape(-1, dim), dtype=np.float32))
